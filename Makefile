@@ -1,0 +1,45 @@
+# `make run` tags/replays the shipped sample; `make test` runs the suite. Both set up everything first.
+VENV    ?= .venv
+PYTHON  ?= python3
+# DEVICE=gpu installs paddlepaddle-gpu instead of the CPU wheel; it sticks once chosen.
+DEVICE  ?= $(if $(wildcard $(VENV)/.installed-gpu),gpu,cpu)
+PADDLE_GPU_INDEX ?= https://www.paddlepaddle.org.cn/packages/stable/cu126/
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(DEVICE)
+SAMPLE  ?= samples/sample.wav
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifeq ($(DEVICE),gpu)
+	$(PY) -m pip uninstall -y -q paddlepaddle || true
+	$(PY) -m pip install -q --extra-index-url $(PADDLE_GPU_INDEX) 'paddlepaddle-gpu==3.3.1'
+	$(PY) -m pip install -q -e '.[gpu,test]'
+else
+	$(PY) -m pip install -q -e '.[cpu,test]'
+endif
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# PortAudio, libsndfile, PulseAudio (live-capture tests), espeak-ng/sox (test audio), tmux (dashboard test).
+system-deps:
+	bash scripts/system-deps.sh
+
+run: install system-deps
+	$(PY) -m streamtag tag $(SAMPLE) --output-dir output_dir
+	$(PY) -m streamtag parse output_dir/$(basename $(notdir $(SAMPLE))).npz --output-dir output_dir --top-k 5
+	cat output_dir/$(basename $(notdir $(SAMPLE))).txt | head -24
+
+test: install system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m streamtag bench
+
+clean:
+	rm -rf $(VENV) output_dir .pytest_cache *.egg-info
