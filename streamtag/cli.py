@@ -38,6 +38,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, where to look), not the whole usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 # ---------------------------------------------------------------------------------------------- option groups
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
@@ -84,38 +91,184 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_tag(args: argparse.Namespace) -> int:
-    """Tag audio files into <output-dir>/<stem>.npz (issue: file tagging)."""
-    raise StreamtagError("tag: not implemented yet")
+    """Tag audio files into <output-dir>/<stem>.npz (issue: file tagging).
+
+    Every file's header is checked before the model loads, so a typo fails in a moment; a bad file is reported on
+    one line and the others are still tagged; the exit code is 1 if any file failed.
+    """
+    import time
+    from pathlib import Path
+
+    from streamtag.audio import AudioReader
+    from streamtag.results import ensure_output_dir, save_result
+    from streamtag.tagging import realtime_factor, seconds_to_samples, tag_file
+
+    if min(seconds_to_samples(args.sample_duration), seconds_to_samples(args.hop_duration)) < 1:
+        raise StreamtagError(f"--sample-duration {args.sample_duration} / --hop-duration {args.hop_duration}: "
+                             "shorter than one sample at 32 kHz; give durations in seconds, e.g. 2.0 and 0.3")
+    out_dir = ensure_output_dir(args.output_dir)
+    failures, jobs, dests = 0, [], set()
+    for name in args.files:
+        try:
+            dest = out_dir / f"{Path(name).stem}.npz"
+            if dest in dests:
+                raise StreamtagError(f"{name}: another input already writes {dest}; tag files with the same name "
+                                     "into different --output-dir")
+            jobs.append((AudioReader(name), dest))
+            dests.add(dest)
+        except StreamtagError as e:
+            print(f"streamtag: error: {e}", file=sys.stderr)
+            failures += 1
+    if jobs:
+        from streamtag.engine import load_scorer
+
+        scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
+        for reader, dest in jobs:
+            try:
+                began = time.perf_counter()
+                result = tag_file(reader, scorer, args.sample_duration, args.hop_duration, args.batch_size, args.pad)
+                save_result(dest, result)
+                took = time.perf_counter() - began
+                print(f"{reader.path}: {result.duration:.1f} s, {len(result.time)} windows in {took:.1f} s "
+                      f"({realtime_factor(result.duration, took):.1f}× real time) → {dest}", flush=True)
+            except StreamtagError as e:
+                message = str(e) if str(reader.path) in str(e) else f"{reader.path}: {e}"
+                print(f"streamtag: error: {message}", file=sys.stderr)
+                failures += 1
+    return 1 if failures else 0
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
-    """Turn tagging .npz files into top-k text (issue: result parsing)."""
-    raise StreamtagError("parse: not implemented yet")
+    """Turn tagging .npz files into top-k text (issue: result parsing); same error policy as `tag`."""
+    from pathlib import Path
+
+    from streamtag.labels import audioset_labels, load_labels
+    from streamtag.results import ensure_output_dir, get_writer, load_result
+
+    out_dir = ensure_output_dir(args.output_dir)
+    label_file = load_labels(args.label_file) if args.label_file else None
+    writer = get_writer(args.format)
+    smooth_size = args.smooth_size if args.smooth else None
+    failures = 0
+    for name in args.files:
+        try:
+            result = load_result(name)
+            labels = label_file or result.labels or list(audioset_labels())
+            source = args.label_file or ("the labels stored in it" if result.labels else "the AudioSet labels")
+            if len(labels) != result.scores.shape[1]:
+                raise StreamtagError(f"{name}: {result.scores.shape[1]} scores per step but {source} has "
+                                     f"{len(labels)} labels; pass a --label-file with one label per model output")
+            result.labels = labels
+            dest = writer.write(result, out_dir / f"{Path(name).stem}.{writer.ext}", top_k=args.top_k,
+                                smooth_size=smooth_size, time_format=args.time_format)
+            how = f"smoothed over {smooth_size} steps" if smooth_size else "raw scores"
+            print(f"{name}: {len(result.time)} steps, top {args.top_k}, {how} → {dest}", flush=True)
+        except StreamtagError as e:
+            print(f"streamtag: error: {e}", file=sys.stderr)
+            failures += 1
+    return 1 if failures else 0
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    """Tag the microphone live."""
-    raise StreamtagError("live: not implemented yet")
+    """Tag the microphone live: capture → ring buffer → inference thread → dashboard / recording."""
+    from streamtag.engine import load_scorer
+    from streamtag.labels import audioset_labels
+    from streamtag.stream.session import run_session, stream_options
+    from streamtag.stream.sources import MicSource, ring_seconds
+
+    labels = audioset_labels()
+    options = stream_options(args, labels)  # label names are checked before the device is touched
+    source = MicSource(args.input_device, ring_seconds(args.sample_duration, args.hop_duration))
+    scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
+    run_session(source, scorer, labels, options, title=f"live · {source.name}")
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Replay a file through the live path."""
-    raise StreamtagError("replay: not implemented yet")
+    """Replay a file through the live path, paced at --speed x real time or --fast (no hop dropped)."""
+    from streamtag.engine import load_scorer
+    from streamtag.labels import audioset_labels
+    from streamtag.stream.session import run_session, stream_options
+    from streamtag.stream.sources import FileSource, ring_seconds
+
+    labels = audioset_labels()
+    options = stream_options(args, labels)
+    source = FileSource(args.file, speed=args.speed, fast=args.fast, limit_seconds=args.duration,
+                        ring_seconds=ring_seconds(args.sample_duration, args.hop_duration))
+    scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
+    pace = "fast" if args.fast else f"×{args.speed:g}"
+    run_session(source, scorer, labels, options, title=f"replay · {os.path.basename(args.file)} · {pace}")
+    return 0
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    """List input devices."""
-    raise StreamtagError("devices: not implemented yet")
+    """List input devices: index, name, channels, default rate (* = the default input)."""
+    from streamtag.stream.sources import input_devices
+
+    devices = input_devices()
+    if not devices:
+        raise StreamtagError("no audio input device found (PortAudio sees none); connect a microphone, or start "
+                             "PulseAudio/PipeWire")
+    width = max(len(d["name"]) for d in devices)
+    print(f"  {'index':>5}  {'name':<{width}}  {'channels':>8}  {'rate':>7}  host API")
+    for d in devices:
+        mark = "*" if d["default"] else " "
+        print(f"{mark} {d['index']:>5}  {d['name']:<{width}}  {d['channels']:>8}  {d['rate']:>7.0f}  {d['hostapi']}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Benchmark the inference engine against eager Paddle."""
-    raise StreamtagError("bench: not implemented yet")
+    """Benchmark the inference engine against eager Paddle: a table on stdout, or one JSON document (--json)."""
+    import json
+
+    from rich.console import Console
+
+    from streamtag.bench import render, run_bench
+
+    models = [m.strip() for m in str(args.models).split(",") if m.strip()]
+    unknown = [m for m in models if m not in ARCHS]
+    if unknown or not models:
+        raise StreamtagError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; "
+                             f"give a comma-separated subset of {','.join(ARCHS)}")
+    err = Console(stderr=True)
+    with err.status("bench: starting") as status:
+        report = run_bench(models, args.device, args.threads, args.precision, args.sample_duration,
+                           args.hop_duration, args.repeats, eager=args.eager, startup=args.startup,
+                           say=lambda text: status.update(f"bench: {text}"),
+                           note=lambda text: err.print(f"streamtag: {text}", highlight=False))
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        Console().print(render(report))
+    return 0
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
     """Manage pretrained checkpoints: list, fetch, import."""
-    raise StreamtagError("weights: not implemented yet")
+    from rich.console import Console
+    from rich.table import Table
+
+    from streamtag import checkpoints
+
+    console = Console()
+    if args.weights_command == "list":
+        table = Table(title=f"checkpoints (cache: {checkpoints.weights_dir()})")
+        for column in ("name", "arch", "source", "size", "default", "cached"):
+            table.add_column(column, justify="right" if column == "size" else "left")
+        for entry in checkpoints.REGISTRY.values():
+            size = f"{entry.size / 1e6:.1f} MB" if entry.size else "?"
+            default = "yes" if checkpoints.default_checkpoint(entry.arch) is entry else ""
+            cached = "yes" if checkpoints.is_cached(entry) else "no"
+            table.add_row(entry.name, entry.arch, entry.source, size, default, cached)
+        console.print(table)
+    elif args.weights_command == "fetch":
+        entry = checkpoints.find_checkpoint(args.name)
+        path = checkpoints.ensure_cached(entry)
+        console.print(str(path), highlight=False, soft_wrap=True)
+    else:
+        entry, path = checkpoints.import_checkpoint(args.path, args.model)
+        console.print(f"imported {args.path} as {entry.name}: {path}", highlight=False, soft_wrap=True)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -130,7 +283,7 @@ def _subcommand(sub: Any, name: str, func: Callable[[argparse.Namespace], int], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamtag", description="Real-time audio tagging with PANNs.")
+    parser = OneLineParser(prog="streamtag", description="Real-time audio tagging with PANNs.")
     parser.add_argument("--version", action="version", version=f"streamtag {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -172,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16"))
     add_window_options(p)
     p.add_argument("--repeats", type=positive_int, metavar="N", help="timed calls per model (default: %(default)s)")
+    p.add_argument("--eager", action=argparse.BooleanOptionalAction,
+                   help="also time eager Paddle, for the speed-up column (default: %(default)s)")
+    p.add_argument("--startup", action=argparse.BooleanOptionalAction,
+                   help="time start to first score in fresh processes, cold and warm (default: %(default)s)")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, help="print JSON instead of a table")
 
     p = _subcommand(sub, "weights", cmd_weights, "list, fetch or import pretrained checkpoints", configured=False)

@@ -1,0 +1,316 @@
+"""Tagging results: the `.npz` schema, the seed's smoothing and top-k, and one writer per output format.
+
+Batch tagging and the live recorder both produce a `TagResult`; `streamtag parse` reads it back and renders it with
+a writer. Numbers follow the seed example (PaddleAudio `parse_result.py`) bit for bit: `smooth` is its loop, `top_k`
+its `(-row).argsort()[:k]`, and the txt writer its `f'{time}'` / `f'{label}: {score}'` lines, so the text we write
+from an npz is byte-identical to what the seed script writes from the same npz.
+
+An npz is data from the user's disk: it is opened with `allow_pickle=False`, so a file holding an object array is
+refused rather than unpickled.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from streamtag.errors import StreamtagError
+from streamtag.utils import atomic_path
+
+TIME_FORMATS = ("seconds", "ratio")
+
+
+@dataclass
+class TagResult:
+    """Scores of successive windows of one recording.
+
+    `time` is each window's start in seconds; `scores` the raw (never smoothed) model outputs. A result read from
+    the seed's own npz (only `time` as t/T and `scores`) has `duration` NaN and empty metadata.
+    """
+
+    time: np.ndarray                 # float64 [N], window start, seconds
+    scores: np.ndarray               # float32 [N, C], raw sigmoid scores
+    duration: float                  # seconds of audio in the input file
+    sample_rate: int                 # sample rate of the input file (before resampling)
+    model: str                       # architecture that produced the scores, e.g. "cnn14"
+    sample_duration: float           # window length, seconds
+    hop_duration: float              # seconds between window starts
+    labels: list[str] = field(default_factory=list)  # one display name per score column
+
+    def times(self, time_format: str = "seconds") -> np.ndarray:
+        """The time line values: seconds, or t/T ("ratio", what the seed printed).
+
+        A seed npz already stores t/T and no duration; its times are returned as stored whatever the format.
+        """
+        if time_format not in TIME_FORMATS:
+            raise ValueError(f"time_format must be one of {TIME_FORMATS}, got {time_format!r}")
+        if time_format == "ratio" and math.isfinite(self.duration) and self.duration > 0:
+            return self.time / self.duration
+        return self.time
+
+
+# ---------------------------------------------------------------------------------------------- npz read/write
+def save_result(path: str | os.PathLike, result: TagResult) -> Path:
+    """Write `result` to `path` (.npz) via a temp file + rename; every array is plain (loads without pickle)."""
+    path = Path(path)
+    scores = np.asarray(result.scores, dtype=np.float32)
+    time = np.asarray(result.time, dtype=np.float64)
+    if scores.ndim != 2 or time.shape != (scores.shape[0],):
+        raise ValueError(f"time {time.shape} and scores {scores.shape} do not describe the same windows")
+    arrays = {
+        "time": time,
+        "scores": scores,
+        "duration": np.float64(result.duration),
+        "sample_rate": np.int64(result.sample_rate),
+        "model": np.str_(result.model),
+        "sample_duration": np.float64(result.sample_duration),
+        "hop_duration": np.float64(result.hop_duration),
+        "labels": np.array([str(x) for x in result.labels], dtype=np.str_),
+    }
+    try:
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, **arrays)
+    except OSError as e:
+        raise StreamtagError(f"{path}: cannot write result ({e.strerror or e}); "
+                             "choose a writable --output-dir") from None
+    return path
+
+
+def load_result(path: str | os.PathLike) -> TagResult:
+    """Read an npz written by `save_result` or by the seed's `audio_tag.py`, never unpickling anything."""
+    path = Path(path)
+    hint = "pass an .npz written by `streamtag tag`"
+    if not path.exists():
+        raise StreamtagError(f"{path}: no such file; {hint}")
+    if path.is_dir():
+        raise StreamtagError(f"{path}: is a directory; {hint}")
+    if not zipfile.is_zipfile(path):
+        raise StreamtagError(f"{path}: not an .npz file (not a zip archive); {hint}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            if "scores" not in keys or "time" not in keys:
+                missing = " and ".join(k for k in ("time", "scores") if k not in keys)
+                raise StreamtagError(f"{path}: npz has no `{missing}` array, so it is not a tagging result; {hint}")
+            data = {k: npz[k] for k in keys}
+    except StreamtagError:
+        raise
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise StreamtagError(f"{path}: npz holds an object (pickled) array, which streamtag never loads "
+                                 f"because unpickling can run code; {hint}") from None
+        raise StreamtagError(f"{path}: unreadable npz ({_one_line(e)}); {hint}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise StreamtagError(f"{path}: unreadable npz ({_one_line(e)}); {hint}") from None
+
+    scores, time = data["scores"], data["time"]
+    if scores.ndim != 2 or time.ndim != 1 or time.shape[0] != scores.shape[0] or scores.shape[0] == 0:
+        raise StreamtagError(f"{path}: `time` {time.shape} and `scores` {scores.shape} do not match "
+                             f"(expected N and N×classes, N ≥ 1); {hint}")
+    if not (np.issubdtype(scores.dtype, np.floating) and np.issubdtype(time.dtype, np.number)):
+        raise StreamtagError(f"{path}: `scores` ({scores.dtype}) must be floats and `time` ({time.dtype}) numbers; "
+                             f"{hint}")
+
+    def scalar(key: str, cast, default):
+        if key not in data or data[key].size != 1:
+            return default
+        try:
+            return cast(data[key].reshape(()).item())
+        except (TypeError, ValueError):
+            return default
+
+    labels = [str(x) for x in data["labels"].ravel()] if "labels" in data and data["labels"].dtype.kind == "U" else []
+    return TagResult(
+        time=time,
+        scores=scores,
+        duration=scalar("duration", float, math.nan),
+        sample_rate=scalar("sample_rate", int, 0),
+        model=scalar("model", str, ""),
+        sample_duration=scalar("sample_duration", float, math.nan),
+        hop_duration=scalar("hop_duration", float, math.nan),
+        labels=labels,
+    )
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{e.__class__.__name__}: {e}".split())
+
+
+# ---------------------------------------------------------------------------------------------- seed math
+def smooth(scores: np.ndarray, size: int) -> np.ndarray:
+    """The seed's posterior smoothing: row i becomes the mean of rows max(0, i-size+1)..i of the input.
+
+    Same loop and same float32 arithmetic as `parse_result.py`'s in-place version (which, running from the end,
+    only ever reads unmodified rows), but on a copy: the caller's array is left alone.
+    """
+    if size < 1:
+        raise ValueError(f"smoothing size must be 1 or more, got {size}")
+    scores = np.asarray(scores)
+    out = scores.copy()
+    for i in range(len(scores) - 1, -1, -1):
+        left = 0 if i < size - 1 else i + 1 - size
+        out[i] = np.sum(scores[left:i + 1], axis=0) / (i - left + 1)
+    return out
+
+
+class Smoother:
+    """Incremental `smooth` for the live path: push one row, get its smoothed row.
+
+    A running sum over the last `size` rows keeps each push O(classes) whatever `size` is; it is kept in float64, so
+    the output equals `smooth` to float32 rounding (within 1e-6), not bit for bit.
+    """
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"smoothing size must be 1 or more, got {size}")
+        self.size = size
+        self._rows: collections.deque[np.ndarray] = collections.deque()
+        self._sum: np.ndarray | None = None
+        self._pushes = 0
+
+    def push(self, row: np.ndarray) -> np.ndarray:
+        row = np.asarray(row, dtype=np.float64)
+        if self._sum is None:
+            self._sum = np.zeros_like(row)
+        self._rows.append(row)
+        self._sum += row
+        if len(self._rows) > self.size:
+            self._sum -= self._rows.popleft()
+        self._pushes += 1
+        if self._pushes % 4096 == 0:  # re-sum now and then so float drift never accumulates over long sessions
+            self._sum = np.sum(self._rows, axis=0)
+        return (self._sum / len(self._rows)).astype(np.float32)
+
+    def reset(self) -> None:
+        self._rows.clear()
+        self._sum = None
+
+
+def top_k(row: np.ndarray, k: int, labels: Sequence[str]) -> list[tuple[str, float]]:
+    """The k highest (label, score) pairs, highest first; ties ordered exactly as the seed's `(-row).argsort()`."""
+    row = np.asarray(row)
+    order = (-row).argsort()[:k]
+    return [(labels[i], float(row[i])) for i in order]
+
+
+_top_k = top_k  # for Writer.render, whose `top_k` parameter (the seed's option name) shadows this function
+
+
+def format_txt_block(time_value: float, pairs: Sequence[tuple[str, float]]) -> str:
+    """The seed's text block: the time line, one `Label: score` line per pair, then a blank line.
+
+    Python floats print their shortest repr, which is what the seed's f-strings print for numpy scalars.
+    """
+    lines = [f"{float(time_value)}\n"]
+    lines += [f"{label}: {float(score)}\n" for label, score in pairs]
+    lines.append("\n")
+    return "".join(lines)
+
+
+def jsonl_record(time_value: float, pairs: Sequence[tuple[str, float]]) -> dict:
+    """One JSON lines object: {"time": t, "labels": [...], "scores": [...]} (also the live `--json` shape)."""
+    return {"time": float(time_value), "labels": [p[0] for p in pairs], "scores": [float(p[1]) for p in pairs]}
+
+
+# ---------------------------------------------------------------------------------------------- writers
+class Writer:
+    """Renders a TagResult (optionally smoothed) as top-k per step; subclasses only format."""
+
+    ext = ""
+
+    def write(self, result: TagResult, path: str | os.PathLike, top_k: int = 10, smooth_size: int | None = 5,
+              time_format: str = "seconds") -> Path:
+        """Write `path` atomically; `smooth_size=None` leaves the scores raw."""
+        path = Path(path)
+        text = self.render(result, top_k=top_k, smooth_size=smooth_size, time_format=time_format)
+        try:
+            with atomic_path(path) as tmp:
+                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                    f.write(text)
+        except OSError as e:
+            raise StreamtagError(f"{path}: cannot write ({e.strerror or e}); choose a writable --output-dir") from None
+        return path
+
+    def render(self, result: TagResult, top_k: int = 10, smooth_size: int | None = 5,
+               time_format: str = "seconds") -> str:
+        labels = result.labels
+        if len(labels) != result.scores.shape[1]:
+            raise StreamtagError(f"{len(labels)} labels for {result.scores.shape[1]} score columns; "
+                                 "pass a --label-file with one label per model output")
+        scores = smooth(result.scores, smooth_size) if smooth_size else result.scores
+        steps = [(t, _top_k(row, top_k, labels)) for t, row in zip(result.times(time_format), scores)]
+        return self.format(steps)
+
+    def format(self, steps: list[tuple[float, list[tuple[str, float]]]]) -> str:
+        raise NotImplementedError
+
+
+class TxtWriter(Writer):
+    """The seed's layout: time line, k `Label: score` lines, blank line."""
+
+    ext = "txt"
+
+    def format(self, steps):
+        return "".join(format_txt_block(t, pairs) for t, pairs in steps)
+
+
+class JsonlWriter(Writer):
+    """One JSON object per step: time, top-k labels, their scores."""
+
+    ext = "jsonl"
+
+    def format(self, steps):
+        return "".join(json.dumps(jsonl_record(t, pairs), ensure_ascii=False) + "\n" for t, pairs in steps)
+
+
+class CsvWriter(Writer):
+    """A long table, one row per (step, rank): time,rank,label,score; rank 1 is the highest score."""
+
+    ext = "csv"
+
+    def format(self, steps):
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["time", "rank", "label", "score"])
+        for t, pairs in steps:
+            for rank, (label, score) in enumerate(pairs, 1):
+                w.writerow([repr(float(t)), rank, label, repr(float(score))])
+        return buf.getvalue()
+
+
+WRITERS: dict[str, type[Writer]] = {"txt": TxtWriter, "jsonl": JsonlWriter, "csv": CsvWriter}
+
+
+def get_writer(fmt: str) -> Writer:
+    """The writer for `fmt` ("txt", "jsonl" or "csv")."""
+    try:
+        return WRITERS[fmt]()
+    except KeyError:
+        raise StreamtagError(f"unknown output format {fmt!r}; choose one of {', '.join(WRITERS)}") from None
+
+
+def ensure_output_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and check it is a writable directory, before any work is done."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StreamtagError(f"{path}: output dir exists but is not a directory; choose another --output-dir") from None
+    except OSError as e:
+        raise StreamtagError(f"{path}: cannot create output dir ({e.strerror or e}); "
+                             "choose a writable --output-dir") from None
+    if not path.is_dir():
+        raise StreamtagError(f"{path}: output dir is not a directory; choose another --output-dir")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StreamtagError(f"{path}: output dir is not writable; choose a writable --output-dir")
+    return path
