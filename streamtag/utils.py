@@ -26,6 +26,10 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + suffix, dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; a result file should get the permissions any other new file would (0666 & ~umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, dest)

@@ -1,0 +1,174 @@
+"""One live or replay session, start to finish: sinks, pipeline, screen, signals, the final flush and the summary.
+
+The order matters and lives here so `live` and `replay` share it: everything that can fail on a user's input (label
+names, output paths, the device, the file, the model) fails before audio starts; the model is warmed up before the
+source starts so the first window is not skipped; Ctrl-C/SIGTERM only set a flag, so the recording is always
+completed; a source that dies (device unplugged) ends the session with what was recorded kept and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from rich.console import Console
+
+from streamtag.errors import StreamtagError
+from streamtag.stream.pipeline import Pipeline, PipelineState
+from streamtag.stream.recorder import JsonLines, Recorder, WavRecorder
+
+FLUSH_SECONDS = 3.0  # how often the recording is rewritten on disk
+
+
+@dataclass
+class StreamOptions:
+    """The options `live` and `replay` share (names as the CLI's)."""
+
+    sample_duration: float = 2.0
+    hop_duration: float = 0.3
+    top_k: int = 10
+    smooth: bool = True
+    smooth_size: int = 5
+    duration: float | None = None
+    record: str | None = None
+    save_audio: str | None = None
+    dashboard: bool = True
+    json: bool = False
+    mask: np.ndarray | None = None
+
+
+@dataclass
+class Summary:
+    audio_seconds: float
+    wall_seconds: float
+    hops: int
+    skipped: int
+    overflows: int
+    overruns: int
+    mean_ms: float | None
+    outputs: list[Path] = field(default_factory=list)
+    stopped_by: str = ""
+
+    def lines(self) -> list[str]:
+        """What is printed at the end: the counts, then the outputs (each line fits 80 columns when paths are short)."""
+        how = f" (stopped by {self.stopped_by})" if self.stopped_by else ""
+        mean = "" if self.mean_ms is None else f" · {self.mean_ms:.1f} ms/hop"
+        overruns = f" · {self.overruns} overruns" if self.overruns else ""
+        lines = [f"{self.audio_seconds:.1f} s of audio in {self.wall_seconds:.1f} s{how} · {self.hops} hops · "
+                 f"{self.skipped} skipped · {self.overflows} overflows{overruns}{mean}"]
+        if self.outputs:
+            lines.append(f"wrote {', '.join(map(str, self.outputs))}")
+        return lines
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[list[str]]:
+    """While inside, SIGINT/SIGTERM set `stop` (and record which) instead of killing the process mid-write."""
+    caught: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        caught.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_session(source: Any, scorer: Any, labels: Sequence[str], options: StreamOptions, title: str,
+                console: Console | None = None) -> Summary:
+    """Score `source` with `scorer` until it ends, `options.duration` passes, or a signal; returns the summary.
+
+    Prints the summary line to stderr. Raises StreamtagError (after completing every output) if the source died.
+    """
+    from streamtag.dashboard import Dashboard, DashboardView
+
+    smooth_size = options.smooth_size if options.smooth else None
+    recorder = None
+    if options.record:
+        recorder = Recorder(options.record, labels, scorer.arch, source.sample_rate, options.sample_duration,
+                            options.hop_duration, options.top_k, smoothed=options.smooth)
+    sinks: list[Any] = [recorder] if recorder is not None else []
+    if options.json:
+        sinks.append(JsonLines(labels, options.top_k, options.mask, smoothed=options.smooth))
+    wav = WavRecorder(options.save_audio) if options.save_audio else None
+    try:
+        pipeline = Pipeline(source, scorer, options.sample_duration, options.hop_duration, smooth_size, sinks=sinks,
+                            audio_sinks=[wav] if wav else [], limit_seconds=options.duration)
+        scorer.score(np.zeros((1, pipeline.window), dtype=np.float32))  # warm-up: oneDNN primitives, allocations
+    except BaseException:
+        if wav:
+            wav.discard()
+        raise
+
+    stop = threading.Event()
+    view = DashboardView(title=title, engine=scorer.describe(), hop_duration=options.hop_duration,
+                         top_k=options.top_k, labels=tuple(labels), mask=options.mask, smoothed=options.smooth)
+    console = console or Console(stderr=options.json)
+    screen = Dashboard(view, lambda: pipeline.state, console) if options.dashboard else contextlib.nullcontext()
+    started = time.monotonic()
+    with stop_on_signals(stop) as caught:
+        try:
+            source.start()
+            pipeline.start()
+            with screen:
+                last_flush = time.monotonic()
+                while pipeline.running and not stop.is_set():
+                    pipeline.join(timeout=0.1)
+                    if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                        last_flush = time.monotonic()
+                        if recorder is not None:
+                            recorder.flush(pipeline.state.audio_seconds)
+                        if wav:
+                            wav.flush()
+                pipeline.stop()
+                pipeline.join()
+        finally:
+            pipeline.stop()
+            source.stop()
+            pipeline.join(timeout=10)
+            state: PipelineState = pipeline.state
+            outputs: list[Path] = []
+            if recorder is not None:
+                recorder.flush(state.audio_seconds)
+                outputs += recorder.paths
+            if wav:
+                wav.close()
+                outputs.append(wav.path)
+    summary = Summary(audio_seconds=state.audio_seconds, wall_seconds=time.monotonic() - started, hops=state.hops,
+                      skipped=state.skipped, overflows=state.overflows, overruns=state.overruns,
+                      mean_ms=state.mean_ms, outputs=outputs, stopped_by=caught[0] if caught else "")
+    for line in summary.lines():
+        print(f"streamtag: {line}", file=sys.stderr, flush=True)
+    if pipeline.exception is not None:
+        raise pipeline.exception
+    source_exception = getattr(source, "exception", None)
+    if source_exception is not None:
+        raise source_exception
+    if source.error:
+        kept = f"; kept what was recorded ({', '.join(map(str, outputs))})" if outputs else ""
+        raise StreamtagError(f"{source.error}{kept}")
+    return summary
+
+
+def stream_options(ns: Any, labels: Sequence[str]) -> StreamOptions:
+    """StreamOptions from parsed `live`/`replay` options; checks --only/--ignore label names up front."""
+    from streamtag.dashboard import label_mask
+
+    return StreamOptions(sample_duration=ns.sample_duration, hop_duration=ns.hop_duration, top_k=ns.top_k,
+                         smooth=bool(ns.smooth), smooth_size=ns.smooth_size, duration=ns.duration, record=ns.record,
+                         save_audio=ns.save_audio, dashboard=bool(ns.dashboard), json=bool(ns.json),
+                         mask=label_mask(labels, ns.only, ns.ignore))

@@ -1,0 +1,138 @@
+"""The dashboard: `render` as a pure function of a snapshot, the label filter, and the real screen in tmux."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from conftest import need, streamtag_cmd
+from rich.console import Console
+
+from streamtag.dashboard import BAR_CELLS, DashboardView, bar, label_mask, parse_label_list, render
+from streamtag.errors import StreamtagError
+from streamtag.labels import audioset_labels
+from streamtag.stream.pipeline import HopResult, PipelineState
+
+LABELS = tuple(audioset_labels())
+ROW = re.compile(r"^│  (?P<label>\S.*?)\s+(?P<score>[01]\.\d{3})  (?P<bar>█*[▏▎▍▌▋▊▉]?)\s*│$")
+
+
+def draw(state, view, width=80):
+    console = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
+    console.print(render(state, view))
+    return console.export_text()
+
+
+def view(**kw):
+    defaults = dict(title="live · 0: pulse", engine="cnn6 · paddle-inference oneDNN · cpu ×2", hop_duration=0.3,
+                    top_k=5, labels=LABELS)
+    return DashboardView(**{**defaults, **kw})
+
+
+def state_with_scores(smoothed):
+    result = HopResult(index=41, time=12.3, scores=smoothed * 0.5, smoothed=smoothed, inference_ms=23.4,
+                       delay_ms=27.0)
+    return PipelineState(audio_seconds=14.3, wall_seconds=14.5, hops=40, skipped=2, overflows=1, overruns=0,
+                         last_ms=23.4, mean_ms=21.0, delay_ms=27.0, level_db=-23.5, peak_db=-6.2, result=result)
+
+
+def scores_for(**named):
+    row = np.zeros(len(LABELS), np.float32)
+    for name, value in named.items():
+        row[LABELS.index(name.replace("_", " "))] = value
+    return row
+
+
+def test_render_shows_top_k_level_and_timing_within_80_columns():
+    row = scores_for(Speech=0.91, Music=0.42, Dog=0.3, Bark=0.2, Cat=0.1, Vehicle=0.05)
+    text = draw(state_with_scores(row), view())
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    shown = [next(label for label in ("Speech", "Music", "Dog", "Bark", "Cat", "Vehicle") if f" {label} " in line)
+             for line in lines if any(f" {label} " in line for label in ("Speech", "Music", "Dog", "Bark", "Cat",
+                                                                          "Vehicle"))]
+    assert shown == ["Speech", "Music", "Dog", "Bark", "Cat"]  # top 5, highest first; Vehicle is 6th
+    assert "0.910" in text and "█" in text
+    assert "-23.5 dBFS" in text and "peak   -6.2 dBFS" in text
+    assert "last  23.4 ms" in text and "mean  21.0 ms" in text and "delay 27 ms" in text
+    assert "skipped 2" in text and "overflows 1" in text and "every 0.3 s" in text
+    assert "cnn6 · paddle-inference oneDNN · cpu ×2" in text
+    assert "00:14.5" in text
+
+
+def test_render_is_pure_and_waits_for_the_first_window():
+    empty = PipelineState()
+    assert draw(empty, view()) == draw(empty, view())
+    assert "waiting for the first window" in draw(empty, view())
+    narrow = draw(state_with_scores(scores_for(Speech=0.5)), view(), width=60)
+    assert max(len(line) for line in narrow.splitlines()) <= 60
+
+
+def test_the_filter_decides_what_the_table_shows():
+    row = scores_for(Speech=0.9, Music=0.8, Dog=0.3)
+    mask = label_mask(LABELS, ignore="Speech")
+    text = draw(state_with_scores(row), view(mask=mask, top_k=2))
+    assert " Speech " not in text and " Music " in text and " Dog " in text
+    only = draw(state_with_scores(row), view(mask=label_mask(LABELS, only="dog"), top_k=3))
+    assert " Dog " in only and " Music " not in only
+
+
+def test_label_lists_accept_labels_with_commas_and_suggest_fixes():
+    assert parse_label_list("Domestic animals, pets,Cat", LABELS, "--only") == \
+        [LABELS.index("Domestic animals, pets"), LABELS.index("Cat")]
+    assert parse_label_list(" speech ,  inside,small room", LABELS, "--only") == \
+        [LABELS.index("Speech"), LABELS.index("Inside, small room")]
+    with pytest.raises(StreamtagError, match=r"unknown label 'Guitr'; did you mean 'Guitar'\?"):
+        label_mask(LABELS, only="Dog,Guitr")
+    with pytest.raises(StreamtagError, match="leave no label"):
+        label_mask(LABELS, only="Dog", ignore="Dog")
+    assert label_mask(LABELS) is None
+
+
+def test_bar_resolution():
+    assert bar(0.0, 4) == "    " and bar(1.0, 4) == "████" and bar(0.5, 4) == "██  "
+    assert bar(1 / 32, 4) == "▏   " and bar(2.0, 4) == "████"
+
+
+# ---------------------------------------------------------------------------------------------- a real terminal
+def test_dashboard_in_a_real_terminal(tmp_path, cnn6_weights, cli_env):
+    """tmux gives the CLI an 80×30 terminal; capture-pane reads what a user would see while it runs."""
+    if not shutil.which("tmux"):
+        need("tmux is not installed; run `make system-deps`")
+    from test_stream import make_wav
+
+    wav = make_wav(tmp_path / "a.wav", 30.0, rate=32000, channels=1)
+    cmd = streamtag_cmd("replay", wav, "--model", "cnn6", "--weights", cnn6_weights, "--top-k", "5",
+                        "--duration", "12")
+    env = " ".join(f"{k}={shlex.quote(cli_env[k])}" for k in ("STREAMTAG_HOME", "PATH") if k in cli_env)
+    socket = f"streamtag-test-{tmp_path.name}"
+    tmux = ["tmux", "-L", socket]
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "30",
+                    f"env {env} {shlex.join(map(str, cmd))}; sleep 60"], check=True, timeout=30)
+    try:
+        screen = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True,
+                                    timeout=10).stdout
+            if "hops    3 " in screen or "hops    4 " in screen:
+                break
+            time.sleep(0.25)
+        lines = screen.splitlines()
+        assert "streamtag · replay · a.wav" in screen, screen
+        assert any(line.startswith("│ level ") and "dBFS" in line and "peak" in line for line in lines), screen
+        assert any(line.startswith("│ infer ") and " ms · mean " in line for line in lines), screen
+        rows = [ROW.match(line) for line in lines if ROW.match(line)]
+        assert len(rows) == 5, screen  # the top-5 rows: label, score, a bar as long as the score
+        scores = [float(row["score"]) for row in rows]
+        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+        for row, score in zip(rows, scores):
+            assert abs(len(row["bar"]) - score * BAR_CELLS) <= 1
+        assert all(len(line) <= 80 for line in lines)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
