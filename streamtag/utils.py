@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Iterator
 
 
+# Read once at import (in the main thread): os.umask can only be read by setting it, which races with other threads.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def streamtag_home() -> Path:
     """Where weights and exported graphs are cached: $STREAMTAG_HOME, default ~/.cache/streamtag."""
     return Path(os.environ.get("STREAMTAG_HOME") or Path.home() / ".cache" / "streamtag")
@@ -27,9 +32,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; a result file should get the permissions any other new file would (0666 & ~umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
