@@ -1,4 +1,4 @@
-# `make run` tags/replays the shipped sample; `make test` runs the suite. Both set up everything first.
+# `make run` replays the shipped sample on the live dashboard; `make test` runs the suite. Both set up everything first.
 VENV    ?= .venv
 PYTHON  ?= python3
 # DEVICE=gpu installs paddlepaddle-gpu instead of the CPU wheel; it sticks once chosen.
@@ -30,10 +30,12 @@ endif
 system-deps:
 	bash scripts/system-deps.sh
 
+# The main job: replay the shipped sample through the live path, on the dashboard (CNN14 by default; first use
+# downloads its weights; offline it says how to import them). MODEL=cnn6, ARGS='--weights FILE' etc. to vary.
+MODEL ?= cnn14
+ARGS  ?=
 run: install system-deps
-	$(PY) -m streamtag tag $(SAMPLE) --output-dir output_dir
-	$(PY) -m streamtag parse output_dir/$(basename $(notdir $(SAMPLE))).npz --output-dir output_dir --top-k 5
-	cat output_dir/$(basename $(notdir $(SAMPLE))).txt | head -24
+	$(PY) -m streamtag replay $(SAMPLE) --model $(MODEL) $(ARGS)
 
 test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -70,19 +70,21 @@ def _paddlespeech(arch: str, md5: str, size: int | None) -> Checkpoint:
                       md5=md5, size=size, member=f"{arch}.pdparams")
 
 
-def _authors(arch: str, file: str, size: int | None) -> Checkpoint:
+def _authors(arch: str, file: str, md5: str, size: int | None) -> Checkpoint:
     return Checkpoint(name=f"{arch}-authors", arch=arch, source="Zenodo (authors)",
-                      url=f"{_ZENODO}{file}?download=1", filename=f"{arch}-authors.pth", size=size)
+                      url=f"{_ZENODO}{file}?download=1", filename=f"{arch}-authors.pth", md5=md5, size=size)
 
 
-# The first entry of each arch is its default (the PaddleSpeech archive: it has a published md5).
+# The first entry of each arch is its default (the PaddleSpeech archive). md5s: PaddleSpeech's own registry
+# (paddlespeech/resource/pretrained_models.py) and the ones Zenodo shows for record 3987831; every file is also
+# verified by structure. Sizes are given where a published figure was found (None shows as "?").
 REGISTRY: dict[str, Checkpoint] = {c.name: c for c in (
     _paddlespeech("cnn14", "e3b9b5614a1595001161d0ab95edee97", None),
     _paddlespeech("cnn10", "cb8427b22176cc2116367d14847f5413", None),
     _paddlespeech("cnn6", "4cf09194a95df024fd12f84712cf0f9c", None),
-    _authors("cnn14", "Cnn14_mAP=0.431.pth", None),
-    _authors("cnn10", "Cnn10_mAP=0.380.pth", None),
-    _authors("cnn6", "Cnn6_mAP=0.343.pth", None),
+    _authors("cnn14", "Cnn14_mAP=0.431.pth", "541141fa2ee191a88f24a3219fff024e", 327_428_481),
+    _authors("cnn10", "Cnn10_mAP=0.380.pth", "bfb1f1f9968938fa8ef4012b8471f5f6", None),
+    _authors("cnn6", "Cnn6_mAP=0.343.pth", "e25e26b84585b14c7754c91e48efc9be", None),
 )}
 
 

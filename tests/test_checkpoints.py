@@ -256,9 +256,14 @@ def test_corrupt_cached_file_is_reported_and_fetched_again(server, cnn6_archive,
     assert server.requests == ["panns_cnn6.tar.gz", "panns_cnn6.tar.gz"]
 
 
-def test_authors_pth_fetch_is_verified_by_structure(server, tmp_path):
-    server.files["Cnn6_mAP=0.343.pth"] = (FIXTURES / "cnn6_seed0.pth").read_bytes()
-    server.files["Cnn10_mAP=0.380.pth"] = (FIXTURES / "cnn6_seed0.pth").read_bytes()  # wrong arch upstream
+def test_authors_pth_fetch_is_verified_by_md5_and_structure(server, tmp_path, monkeypatch):
+    data = (FIXTURES / "cnn6_seed0.pth").read_bytes()
+    server.files["Cnn6_mAP=0.343.pth"] = data
+    server.files["Cnn10_mAP=0.380.pth"] = data  # wrong arch upstream, md5 as if published for it
+    for name in ("cnn6-authors", "cnn10-authors"):
+        entry = checkpoints.REGISTRY[name]
+        assert len(entry.md5) == 32  # Zenodo's published md5
+        monkeypatch.setitem(checkpoints.REGISTRY, name, dataclasses.replace(entry, md5=hashlib.md5(data).hexdigest()))
     path = checkpoints.fetch(checkpoints.REGISTRY["cnn6-authors"])
     assert_same_state(checkpoints.read_checkpoint(path, "cnn6"), seeded_state("cnn6"))
     with pytest.raises(StreamtagError, match="looks like a cnn6 checkpoint"):
@@ -316,5 +321,6 @@ def test_registry_entries():
         assert checkpoints.find_checkpoint(arch) is default
     assert checkpoints.REGISTRY["cnn14-authors"].url == \
         "https://zenodo.org/record/3987831/files/Cnn14_mAP=0.431.pth?download=1"
+    assert checkpoints.REGISTRY["cnn14-authors"].md5 == "541141fa2ee191a88f24a3219fff024e"
     with pytest.raises(StreamtagError, match="no checkpoint named"):
         checkpoints.find_checkpoint("cnn99")
