@@ -21,6 +21,7 @@ ifeq ($(DEVICE),gpu)
 	$(PY) -m pip install -q --extra-index-url $(PADDLE_GPU_INDEX) 'paddlepaddle-gpu==3.3.1'
 	$(PY) -m pip install -q -e '.[gpu,test]'
 else
+	$(PY) -m pip uninstall -y -q paddlepaddle-gpu || true
 	$(PY) -m pip install -q -e '.[cpu,test]'
 endif
 	rm -f $(VENV)/.installed-*
