@@ -471,16 +471,18 @@ def import_checkpoint(path: str | os.PathLike, arch: str) -> tuple[Checkpoint, P
     source = Path(path)
     if not source.is_file():
         raise StreamtagError(f"{source} does not exist; pass the path of a downloaded .tar.gz, .pdparams or .pth")
-    note = ""
-    if _is_archive(source):
+    archive = _is_archive(source)
+    if archive:
         entry = next(c for c in REGISTRY.values() if c.arch == arch and c.member)
-        if entry.md5 and _md5(source) != entry.md5:
-            note = f"{source} is not the registry's {entry.download_name} (md5 differs); its contents verified"
     else:
         with open(source, "rb") as f:
             head = f.read(4)
         is_torch = head.startswith(ZIP_MAGIC) or head[2:3] == b"\x8a"
         entry = next(c for c in REGISTRY.values() if c.arch == arch and (c.member is None) == is_torch)
+    note = ""
+    is_download = archive or entry.member is None  # an archive or an authors' .pth is the registry's download itself
+    if is_download and entry.md5 and _md5(source) != entry.md5:
+        note = f"{source} is not the registry's {entry.download_name} (md5 differs); its contents verified"
     dest = cache_path(entry)
     _prepare_cache(dest.parent)
     try:
