@@ -43,6 +43,8 @@ NUM_CLASSES = 527
 MANIFEST = "manifest.json"
 EXPORT_FORMAT = 2  # bump when the export recipe changes, so old cache entries are not reused
 GPU_MEMORY_POOL_MB = 512
+TRT_MAX_BATCH = 32  # TensorRT engines are built for batches up to this; bigger batches are scored in chunks
+TRT_MAX_SECONDS = 30  # and windows up to this long (the optimisation profile's max shape)
 ONEDNN_SHAPE_CACHE = 16  # oneDNN primitives kept per input shape; shapes vary with batch size and window length
 
 
@@ -95,6 +97,8 @@ class Scorer:
     """
 
     engine = ""
+    max_batch: int | None = None  # a backend that cannot take any batch size scores in chunks of this many
+    max_samples: int | None = None  # and the longest window it takes
 
     def __init__(self, arch: str, device: str, threads: int, precision: str):
         self.arch = arch
@@ -119,8 +123,15 @@ class Scorer:
         if batch.shape[1] < minimum:
             raise StreamtagError(f"a window of {batch.shape[1]} samples is too short for {self.arch}: it needs at "
                                  f"least {minimum} ({minimum / 32000:.2f} s); raise --sample-duration")
+        if self.max_samples and batch.shape[1] > self.max_samples:
+            raise StreamtagError(f"windows of {batch.shape[1] / 32000:g} s are longer than the {self.describe()} "
+                                 f"engine was built for ({self.max_samples / 32000:g} s); use a shorter "
+                                 "--sample-duration or --engine eager")
+        step = self.max_batch or len(batch)
         with self._lock:
-            scores, embeddings = self._run(batch)
+            parts = [self._run(batch[i:i + step]) for i in range(0, len(batch), step)]
+        scores = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        embeddings = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         return scores.astype(np.float32, copy=False), embeddings.astype(np.float32, copy=False)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,11 +217,14 @@ class PredictorScorer(Scorer):
         config.enable_use_gpu(GPU_MEMORY_POOL_MB, 0, precision)
         self.backend = "CUDA" + suffix
         if tensorrt:
-            # Windows are 0.5–10 s and batches 1–32; the engines are serialised into the export dir.
-            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=32, min_subgraph_size=3,
+            # One profile covers every window the Scorer accepts (its minimum up to TRT_MAX_SECONDS) and batches
+            # up to TRT_MAX_BATCH (embed() chunks bigger ones); the engines are serialised into the export dir.
+            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=TRT_MAX_BATCH, min_subgraph_size=3,
                                           precision_mode=precision, use_static=True, use_calib_mode=False)
-            config.set_trt_dynamic_shape_info({"waveform": [1, 16000]}, {"waveform": [32, 320000]},
+            config.set_trt_dynamic_shape_info({"waveform": [1, self._min_samples]},
+                                              {"waveform": [TRT_MAX_BATCH, TRT_MAX_SECONDS * 32000]},
                                               {"waveform": [8, 64000]})
+            self.max_batch, self.max_samples = TRT_MAX_BATCH, TRT_MAX_SECONDS * 32000
             config.set_optim_cache_dir(str(self.model_dir / "trt"))
             self.backend = "TensorRT" + suffix
         return config
@@ -227,6 +241,7 @@ class PredictorScorer(Scorer):
             if not tensorrt:
                 raise
             notice(f"TensorRT predictor failed ({e.__class__.__name__}); using the plain CUDA predictor")
+            self.max_batch = self.max_samples = None
             predictor = pi.create_predictor(self._config(False))
         return predictor
 

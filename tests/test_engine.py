@@ -209,3 +209,17 @@ def test_unwritable_cache_is_a_user_error(home: Path):
     home.write_text("a file where the cache folder should be")
     with pytest.raises(StreamtagError, match="STREAMTAG_HOME"):
         engine.make_scorer("cnn6", seeded_state("cnn6"), DIGEST, device="cpu")
+
+
+def test_a_backend_with_batch_and_length_limits_scores_in_chunks(home: Path):
+    """TensorRT engines have a maximum batch and window (their optimisation profile): bigger batches are scored in
+    chunks with the same results, longer windows are a one-line error. Checked on the CPU predictor with the limits
+    set by hand, since no GPU is here."""
+    fast = engine.make_scorer("cnn6", seeded_state("cnn6"), DIGEST, device="cpu", engine="inference")
+    eight = _windows(8)
+    whole = fast.embed(eight)
+    fast.max_batch, fast.max_samples = 3, WINDOW
+    chunked = fast.embed(eight)
+    _assert_close(*chunked, *whole)
+    with pytest.raises(StreamtagError, match="longer than .* use a shorter --sample-duration"):
+        fast.score(WAVEFORM[None, :WINDOW + 320])
