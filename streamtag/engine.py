@@ -43,8 +43,8 @@ NUM_CLASSES = 527
 MANIFEST = "manifest.json"
 EXPORT_FORMAT = 2  # bump when the export recipe changes, so old cache entries are not reused
 GPU_MEMORY_POOL_MB = 512
-TRT_MAX_BATCH = 32  # TensorRT engines are built for batches up to this; bigger batches are scored in chunks
-TRT_MAX_SECONDS = 30  # and windows up to this long (the optimisation profile's max shape)
+TRT_MAX_BATCH = 16  # TensorRT engines are built for batches up to this; bigger batches are scored in chunks
+TRT_MAX_SECONDS = 10  # and windows up to this long (the optimisation profile's max shape)
 ONEDNN_SHAPE_CACHE = 16  # oneDNN primitives kept per input shape; shapes vary with batch size and window length
 
 
@@ -190,7 +190,10 @@ class PredictorScorer(Scorer):
     def _config(self, tensorrt: bool) -> Any:
         import paddle.inference as pi
 
-        config = pi.Config(str(self.model_dir / "model.json"), str(self.model_dir / "model.pdiparams"))
+        # Paddle 3's graphs are PIR (.json): TensorRT comes from converting the graph once (PIR-TRT), not from
+        # Config.enable_tensorrt_engine, which only applies to old .pdmodel graphs.
+        prefix = self._tensorrt_graph() if tensorrt else self.model_dir / "model"
+        config = pi.Config(str(prefix) + ".json", str(prefix) + ".pdiparams")
         config.enable_new_ir(True)
         config.enable_new_executor(True)
         config.switch_ir_optim(True)
@@ -213,21 +216,42 @@ class PredictorScorer(Scorer):
             return config
         precision = {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half,
                      "bf16": pi.PrecisionType.Bfloat16}[self.precision]
-        suffix = "" if self.precision == "fp32" else f" {self.precision}"
         config.enable_use_gpu(GPU_MEMORY_POOL_MB, 0, precision)
-        self.backend = "CUDA" + suffix
+        suffix = "" if self.precision == "fp32" else f" {self.precision}"
+        self.backend = ("TensorRT" if tensorrt else "CUDA") + suffix
         if tensorrt:
-            # One profile covers every window the Scorer accepts (its minimum up to TRT_MAX_SECONDS) and batches
-            # up to TRT_MAX_BATCH (embed() chunks bigger ones); the engines are serialised into the export dir.
-            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=TRT_MAX_BATCH, min_subgraph_size=3,
-                                          precision_mode=precision, use_static=True, use_calib_mode=False)
-            config.set_trt_dynamic_shape_info({"waveform": [1, self._min_samples]},
-                                              {"waveform": [TRT_MAX_BATCH, TRT_MAX_SECONDS * 32000]},
-                                              {"waveform": [8, 64000]})
             self.max_batch, self.max_samples = TRT_MAX_BATCH, TRT_MAX_SECONDS * 32000
-            config.set_optim_cache_dir(str(self.model_dir / "trt"))
-            self.backend = "TensorRT" + suffix
         return config
+
+    def _tensorrt_graph(self) -> Path:
+        """The export converted by PIR-TRT for this precision, built once beside it (temp names, then renamed).
+
+        One profile covers every window the Scorer accepts (its minimum up to TRT_MAX_SECONDS) and batches up to
+        TRT_MAX_BATCH; embed() scores bigger batches in chunks.
+        """
+        prefix = self.model_dir / f"tensorrt-{self.precision}"
+        if Path(str(prefix) + ".json").exists() and Path(str(prefix) + ".pdiparams").exists():
+            return prefix
+        import paddle.tensorrt
+        from paddle.tensorrt.export import Input, PrecisionMode, TensorRTConfig
+
+        shapes = Input(min_input_shape=(1, self._min_samples), optim_input_shape=(8, 64000),
+                       max_input_shape=(TRT_MAX_BATCH, TRT_MAX_SECONDS * 32000), input_data_type="float32")
+        config = TensorRTConfig(inputs=[shapes])
+        config.precision_mode = {"fp32": PrecisionMode.FP32, "fp16": PrecisionMode.FP16,
+                                 "bf16": PrecisionMode.BF16}[self.precision]
+        building = self.model_dir / f".{prefix.name}-{uuid.uuid4().hex}"
+        config.save_model_dir = str(building)
+        notice(f"building a TensorRT engine for {self.arch} ({self.precision}; once per model and precision)...")
+        try:
+            paddle.tensorrt.convert(str(self.model_dir / "model"), config)
+            for ext in (".pdiparams", ".json"):  # the .json last: its presence marks a complete conversion
+                os.replace(str(building) + ext, str(prefix) + ext)
+        finally:
+            for ext in (".pdiparams", ".json"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(str(building) + ext)
+        return prefix
 
     def _create(self) -> Any:
         import paddle.inference as pi
