@@ -73,11 +73,9 @@ def machine() -> dict[str, Any]:
         pass
     isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
                                    ("amx_bf16", "AMX")) if flag in flags]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return {"cpu": cpu, "isa": isa, "cores": cores, "os": platform.platform(terse=True),
+    from streamtag.engine import default_threads
+
+    return {"cpu": cpu, "isa": isa, "cores": default_threads(), "os": platform.platform(terse=True),
             "python": platform.python_version(), "paddle": paddle.__version__,
             "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []}
 
@@ -202,7 +200,9 @@ def run_bench(models: Sequence[str], device: str = "auto", threads: int | None =
     from streamtag.checkpoints import file_sha256, read_checkpoint
     from streamtag.engine import make_scorer, resolve_device
 
-    window = int(round(sample_duration * SAMPLE_RATE))
+    from streamtag.tagging import seconds_to_samples
+
+    window = seconds_to_samples(sample_duration)  # truncated exactly as tag/live/replay cut their windows
     device = resolve_device(device)
     results: list[ModelBench] = []
     sources: dict[str, str] = {}

@@ -347,6 +347,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checked(path: str, subparser: argparse.ArgumentParser, values: dict[str, Any]) -> dict[str, Any]:
+    """Config values through the same checks as the command line (argparse checks neither a default's type nor
+    its choices), so `top-k: -1` in a file is the same one-line error as `--top-k -1`."""
+    actions = {a.dest: a for a in subparser._actions}  # noqa: SLF001
+    checked = {}
+    for dest, value in values.items():
+        action, option = actions[dest], dest.replace("_", "-")
+        if value is not None:
+            if isinstance(action, argparse.BooleanOptionalAction):
+                if not isinstance(value, bool):
+                    raise StreamtagError(f"{path}: {option}: {value!r} is not true or false")
+            elif action.type is not None:
+                try:
+                    value = action.type(str(value))
+                except (argparse.ArgumentTypeError, ValueError) as e:
+                    raise StreamtagError(f"{path}: {option}: {e}") from None
+            if action.choices is not None and value not in action.choices:
+                raise StreamtagError(f"{path}: {option}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        checked[dest] = value
+    return checked
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse `argv`; a `--config FILE` re-parses with that file's values as defaults (the CLI still wins)."""
     parser = build_parser()
@@ -359,7 +381,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if unknown:
             raise StreamtagError(f"{args.config}: unknown option(s) for `{args.command}`: {', '.join(unknown)}; "
                                  f"see `streamtag {args.command} --help`")
-        subparser.set_defaults(**overrides)
+        subparser.set_defaults(**_checked(args.config, subparser, overrides))
         args = parser.parse_args(argv)
     return args
 

@@ -14,6 +14,11 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def new_file_mode() -> int:
+    """The permissions a newly created file gets here (0666 & ~umask); mkstemp's own 0600 is for temp files."""
+    return 0o666 & ~_UMASK
+
+
 def streamtag_home() -> Path:
     """Where weights and exported graphs are cached: $STREAMTAG_HOME, default ~/.cache/streamtag."""
     return Path(os.environ.get("STREAMTAG_HOME") or Path.home() / ".cache" / "streamtag")
@@ -32,7 +37,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; a result file should get the permissions any other new file would (0666 & ~umask).
-    os.chmod(tmp_path, 0o666 & ~_UMASK)
+    os.chmod(tmp_path, new_file_mode())
     try:
         yield tmp_path
         os.replace(tmp_path, dest)

@@ -35,3 +35,26 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     cfg.write_text("topk: 3\n")
     assert main(["parse", "x.npz", "--config", str(cfg)]) == 1
     assert "unknown option(s) for `parse`: topk" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, message", [
+    ("top-k: -1", "top-k: must be 1 or more"),
+    ("time-format: minutes", "time-format: 'minutes' is not one of seconds, ratio"),
+    ("smooth: maybe", "smooth: 'maybe' is not true or false"),
+    ("smooth-size: 2.5", "smooth-size: '2.5' is not a whole number"),
+])
+def test_config_values_get_the_command_line_checks(tmp_path, capsys, line, message):
+    from streamtag.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(line + "\n")
+    assert main(["parse", "x.npz", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_config_values_are_converted(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("speed: 2\nhop-duration: 0.5\n")
+    args = parse_args(["replay", "x.wav", "--config", str(cfg)])
+    assert args.speed == 2.0 and isinstance(args.speed, float) and args.hop_duration == 0.5

@@ -233,3 +233,46 @@ def test_duration_limits_the_audio_clock(tmp_path, scorer):
         source.stop()
     assert [r.index for r in sink.results] == [0, 1, 2, 3]  # windows ending by 3 s: 0.0, 0.3, 0.6, 0.9
     assert pipeline.state.audio_seconds == 3.0
+
+
+def test_a_source_that_fails_to_start_is_its_own_error_and_leaves_no_temp_file(tmp_path, scorer):
+    """A device that cannot be opened (busy, unsupported) raises a StreamtagError from start(); the session must
+    pass it on as it is (not a RuntimeError from cleaning up a pipeline that never started) and discard the
+    half-made wav."""
+    from streamtag.errors import StreamtagError
+    from streamtag.stream.session import StreamOptions, run_session
+
+    class Unopenable(FileSource):
+        def start(self):
+            raise StreamtagError("cannot open input device test at 32000 Hz: busy; see `streamtag devices`")
+
+    source = Unopenable(make_wav(tmp_path / "a.wav", 3.0), fast=True, ring_seconds=8.0)
+    options = StreamOptions(dashboard=False, record=str(tmp_path / "rec"), save_audio=str(tmp_path / "rec.wav"))
+    with pytest.raises(StreamtagError, match="cannot open input device test"):
+        run_session(source, scorer, audioset_labels(), options, title="test")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_periodic_recording_rewrites_back_off_as_the_file_grows(tmp_path):
+    """Each periodic rewrite costs the whole npz, so its interval grows with it (1 s per MB past 3 s): an 8-hour
+    session is not rewritten every 3 s. The final flush always writes."""
+    from streamtag.stream.pipeline import HopResult
+    from streamtag.stream.recorder import Recorder
+
+    labels = audioset_labels()
+    recorder = Recorder(tmp_path / "rec", labels, "cnn6", 32000, 2.0, 0.3, top_k=3)
+    row = np.linspace(0, 1, len(labels), dtype=np.float32)
+    add = lambda i: recorder.add(HopResult(i, i * 0.3, row, row, 1.0, 1.0))  # noqa: E731
+    add(0)
+    recorder.flush(0.3, force=False)
+    assert len(load_result(tmp_path / "rec.npz").time) == 1
+    add(1)
+    recorder.flush(0.6, force=False)  # not due yet: 3 s since the last rewrite have not passed
+    assert len(load_result(tmp_path / "rec.npz").time) == 1
+    recorder.flush(0.6)  # the final flush
+    assert len(load_result(tmp_path / "rec.npz").time) == 2
+    assert recorder.rewrite_interval() == 3.0
+    for i in range(2, 96_000):  # 8 hours of 0.3 s hops
+        recorder._times.append(i * 0.3)
+        recorder._scores.append(row)
+    assert recorder.rewrite_interval() == pytest.approx(96_000 * 527 * 4 / 1e6)  # ~202 s between rewrites

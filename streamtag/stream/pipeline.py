@@ -134,7 +134,9 @@ class Pipeline:
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread; True once it has ended."""
+        """Wait for the thread; True once it has ended (or never started: the source failed to open)."""
+        if self._thread.ident is None:
+            return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -195,7 +197,10 @@ class Pipeline:
                 sink.write(np.zeros(resume - start, np.float32))
             start = resume
         if self.audio_sinks and stop > start:
-            block = ring.read(start, stop)
+            try:
+                block = ring.read(start, stop)
+            except Overrun:  # lapped by the callback while copying (counted by the ring): saved as silence
+                block = np.zeros(stop - start, np.float32)
             for sink in self.audio_sinks:
                 sink.write(block)
         self.samples = stop

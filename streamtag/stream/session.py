@@ -24,7 +24,6 @@ from streamtag.errors import StreamtagError
 from streamtag.stream.pipeline import Pipeline, PipelineState
 from streamtag.stream.recorder import JsonLines, Recorder, WavRecorder
 
-FLUSH_SECONDS = 3.0  # how often the recording is rewritten on disk
 
 
 @dataclass
@@ -125,29 +124,28 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
             source.start()
             pipeline.start()
             with screen:
-                last_flush = time.monotonic()
                 while pipeline.running and not stop.is_set():
                     pipeline.join(timeout=0.1)
-                    if time.monotonic() - last_flush >= FLUSH_SECONDS:
-                        last_flush = time.monotonic()
-                        if recorder is not None:
-                            recorder.flush(pipeline.state.audio_seconds)
-                        if wav:
-                            wav.flush()
+                    if recorder is not None:  # rewrites only when due (Recorder.rewrite_interval)
+                        recorder.flush(pipeline.state.audio_seconds, force=False)
                 pipeline.stop()
                 pipeline.join()
         finally:
+            # The inference thread ends before the source closes (it may be reading the stream), and the wav is
+            # closed even if the last flush of the recording fails (disk full), so no temp file is left open.
             pipeline.stop()
-            source.stop()
             pipeline.join(timeout=10)
+            source.stop()
             state: PipelineState = pipeline.state
             outputs: list[Path] = []
-            if recorder is not None:
-                recorder.flush(state.audio_seconds)
-                outputs += recorder.paths
-            if wav:
-                wav.close()
-                outputs.append(wav.path)
+            try:
+                if recorder is not None:
+                    recorder.flush(state.audio_seconds)
+                    outputs += recorder.paths
+            finally:
+                if wav:
+                    wav.close()
+                    outputs.append(wav.path)
     summary = Summary(audio_seconds=state.audio_seconds, wall_seconds=time.monotonic() - started, hops=state.hops,
                       skipped=state.skipped, overflows=state.overflows, overruns=state.overruns,
                       mean_ms=state.mean_ms, outputs=outputs, stopped_by=caught[0] if caught else "")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from streamtag.errors import StreamtagError
-from streamtag.stream.ring import RingBuffer
+from streamtag.stream.ring import Overrun, RingBuffer
 
 SAMPLE_RATE = 32000  # what the models take (models.SAMPLE_RATE); kept here so listing devices needs no Paddle
 RING_SECONDS = 30.0  # how far the consumer may fall behind before samples are lost (overrun)
@@ -178,7 +178,12 @@ class MicSource:
                 start = self._pumped
                 if start < self.capture.oldest():
                     start = min(total, self.capture.oldest() + self.capture.capacity // 10)
-                block = self.capture.read(start, total)
+                    self.ring.overruns += 1  # audio lost before resampling: counted where the dashboard looks
+                try:
+                    block = self.capture.read(start, total)
+                except Overrun:  # lapped by the callback while copying: the same loss, counted the same way
+                    self.ring.overruns += 1
+                    block = np.zeros(0, np.float32)
                 arrival = self.capture.arrival_time(total - 1)
                 self._pumped = total
                 self.ring.write(self._resampler.process(block), arrival)
