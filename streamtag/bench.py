@@ -200,9 +200,9 @@ def run_bench(models: Sequence[str], device: str = "auto", threads: int | None =
     from streamtag.checkpoints import file_sha256, read_checkpoint
     from streamtag.engine import make_scorer, resolve_device
 
-    from streamtag.tagging import seconds_to_samples
+    from streamtag.tagging import window_sizes
 
-    window = seconds_to_samples(sample_duration)  # truncated exactly as tag/live/replay cut their windows
+    window, _ = window_sizes(sample_duration, hop_duration)  # cut exactly as tag/live/replay cut their windows
     device = resolve_device(device)
     results: list[ModelBench] = []
     sources: dict[str, str] = {}

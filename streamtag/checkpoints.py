@@ -159,8 +159,6 @@ def _to_paddle_names(state: dict[str, np.ndarray], fmt: str) -> dict[str, np.nda
 
     if fmt == "pth" or any(k.endswith(("running_mean", "running_var")) for k in state):
         state = models.torch_to_paddle(state)
-        state = {k: v for k, v in state.items()
-                 if not (k.startswith(_IGNORED_PREFIXES) or k.endswith("num_batches_tracked"))}
     return state
 
 

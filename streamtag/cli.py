@@ -103,11 +103,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
     from streamtag.audio import AudioReader
     from streamtag.results import ensure_output_dir, save_result
-    from streamtag.tagging import realtime_factor, seconds_to_samples, tag_file
+    from streamtag.tagging import realtime_factor, tag_file, window_sizes
 
-    if min(seconds_to_samples(args.sample_duration), seconds_to_samples(args.hop_duration)) < 1:
-        raise StreamtagError(f"--sample-duration {args.sample_duration} / --hop-duration {args.hop_duration}: "
-                             "shorter than one sample at 32 kHz; give durations in seconds, e.g. 2.0 and 0.3")
+    window_sizes(args.sample_duration, args.hop_duration)  # a bad duration fails before any file or model
     out_dir = ensure_output_dir(args.output_dir)
     failures, jobs, dests = 0, [], set()
     for name in args.files:

@@ -70,11 +70,10 @@ def top_rows(state: PipelineState, view: DashboardView) -> list[tuple[str, float
     """The labels the table shows: top-k of the smoothed scores among the labels the filter allows."""
     if state.result is None:
         return []
+    from streamtag.results import shown_top_k
+
     row = state.result.smoothed if view.smoothed else state.result.scores
-    if view.mask is not None:
-        row = np.where(view.mask, row, -np.inf)
-    order = np.argsort(-row, kind="stable")[: view.top_k]
-    return [(view.labels[i], float(row[i])) for i in order if np.isfinite(row[i])]
+    return shown_top_k(row, view.top_k, view.labels, view.mask)
 
 
 def render(state: PipelineState, view: DashboardView) -> RenderableType:

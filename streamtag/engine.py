@@ -33,8 +33,6 @@ import numpy as np
 from streamtag.errors import StreamtagError
 from streamtag.utils import streamtag_home
 
-# paddle's import warns about a missing ccache (only relevant when compiling C++ extensions): noise for our users.
-warnings.filterwarnings("ignore", message="No ccache found")
 
 ENGINES = ("inference", "eager")
 DEVICES = ("auto", "cpu", "gpu")

@@ -31,6 +31,17 @@ def seconds_to_samples(seconds: float, rate: int = TARGET_RATE) -> int:
     return int(seconds * rate)
 
 
+def window_sizes(sample_duration: float, hop_duration: float) -> tuple[int, int]:
+    """Window and hop in samples (the seed's truncation); a one-line error when either is under one sample.
+
+    `tag`, `live`, `replay` and `bench` all cut their windows with this, so they score the same windows."""
+    win, hop = seconds_to_samples(sample_duration), seconds_to_samples(hop_duration)
+    if win < 1 or hop < 1:
+        raise StreamtagError(f"--sample-duration {sample_duration} / --hop-duration {hop_duration} is under one "
+                             f"sample at {TARGET_RATE} Hz; give durations in seconds, e.g. 2.0 and 0.3")
+    return win, hop
+
+
 def window_count(length: int, win: int, hop: int, pad: bool = True) -> int:
     """How many windows a signal of `length` samples gives (⌈length/hop⌉ with padding)."""
     if length <= 0:
@@ -92,10 +103,7 @@ def tag_file(source: str | os.PathLike | AudioReader, scorer, sample_duration: f
              batch_size: int = 8, pad: bool = True, progress: bool = True) -> TagResult:
     """Score every seed window of one file with `scorer` (engine.Scorer), `batch_size` windows per call."""
     reader = source if isinstance(source, AudioReader) else AudioReader(source)
-    win, hop = seconds_to_samples(sample_duration), seconds_to_samples(hop_duration)
-    if win < 1 or hop < 1:
-        raise StreamtagError(f"--sample-duration {sample_duration} / --hop-duration {hop_duration} is under one "
-                             f"sample at {TARGET_RATE} Hz; use longer durations")
+    win, hop = window_sizes(sample_duration, hop_duration)
     if batch_size < 1:
         raise StreamtagError(f"--batch-size must be 1 or more, got {batch_size}")
     hop_seconds = hop / TARGET_RATE

@@ -17,7 +17,6 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from streamtag.errors import StreamtagError
 from streamtag.stream.ring import Overrun, RingBuffer
 
 SAMPLE_RATE = 32000
@@ -69,13 +68,6 @@ class PipelineState:
     running: bool = True
 
 
-def window_sizes(sample_duration: float, hop_duration: float) -> tuple[int, int]:
-    """Window and hop in samples, truncated exactly as `streamtag tag` does, so replay and tag see the same windows."""
-    from streamtag.tagging import seconds_to_samples
-
-    return seconds_to_samples(sample_duration, SAMPLE_RATE), seconds_to_samples(hop_duration, SAMPLE_RATE)
-
-
 def dbfs(value: float) -> float:
     return 20.0 * math.log10(value) if value > 1e-6 else SILENCE_DB
 
@@ -92,10 +84,9 @@ class Pipeline:
                  limit_seconds: float | None = None, clock: Callable[[], float] = time.monotonic):
         self.source = source
         self.scorer = scorer
+        from streamtag.tagging import window_sizes  # replay and tag cut the same windows
+
         self.window, self.hop = window_sizes(sample_duration, hop_duration)
-        if self.window < 1 or self.hop < 1:
-            raise StreamtagError(f"--sample-duration {sample_duration} / --hop-duration {hop_duration} is under one "
-                                 f"sample at {SAMPLE_RATE} Hz; use longer durations")
         if self.window + self.hop > source.ring.capacity // 2:
             raise ValueError("the ring buffer must hold two windows and hops (see sources.ring_seconds)")
         self.smoother = None

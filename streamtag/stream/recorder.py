@@ -158,14 +158,10 @@ class JsonLines:
         self.stream = stream or sys.stdout
 
     def add(self, result: HopResult) -> None:
-        from streamtag.results import jsonl_record
+        from streamtag.results import jsonl_record, shown_top_k
 
         row = result.smoothed if self.smoothed else result.scores
-        if self.mask is not None:
-            row = np.where(self.mask, row, -np.inf)
-        order = np.argsort(-row, kind="stable")[: self.top_k]
-        pairs = [(self.labels[i], float(row[i])) for i in order if np.isfinite(row[i])]
-        record = jsonl_record(result.time, pairs)
+        record = jsonl_record(result.time, shown_top_k(row, self.top_k, self.labels, self.mask))
         record.update(index=result.index, inference_ms=round(result.inference_ms, 3),
                       delay_ms=None if result.delay_ms is None else round(result.delay_ms, 3))
         self.stream.write(json.dumps(record) + "\n")
