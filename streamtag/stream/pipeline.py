@@ -213,12 +213,10 @@ class Pipeline:
         t0 = time.perf_counter()
         scores = np.array(self.scorer.score(window[None, :])[0], dtype=np.float32)
         ms = (time.perf_counter() - t0) * 1000.0
+        # Smoother.push returns a fresh float32 row nobody else holds: freeze both rows as they are, no copy.
         smoothed = self.smoother.push(scores) if self.smoother is not None else scores
-        smoothed = np.asarray(smoothed, dtype=np.float32)
         scores.flags.writeable = False
-        if smoothed is not scores:
-            smoothed = smoothed.copy()
-            smoothed.flags.writeable = False
+        smoothed.flags.writeable = False
         self.hops += 1
         self._sum_ms += ms
         arrival = ring.arrival_time(end - 1)
