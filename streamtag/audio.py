@@ -7,6 +7,7 @@ memory decoded. Every problem a user's file can have becomes a one-line Streamta
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,19 @@ from streamtag.errors import StreamtagError
 
 TARGET_RATE = 32000  # the PANNs models' rate (models.SAMPLE_RATE); kept here so decoding never imports Paddle
 FORMATS_HINT = "streamtag reads wav, flac, ogg and mp3 files"
+SILENCE_DB = -120.0  # the level reported for digital silence (RMS under 1e-6)
+
+
+def dbfs(value: float) -> float:
+    """An amplitude (RMS or peak, full scale 1.0) in dBFS; SILENCE_DB below 1e-6."""
+    return 20.0 * math.log10(value) if value > 1e-6 else SILENCE_DB
+
+
+def window_level_db(samples: np.ndarray) -> float:
+    """A window's RMS level in dBFS, rounded to float32: the value stored in the npz `level` array, so events
+    detected offline compare exactly what the live detector compared."""
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+    return float(np.float32(dbfs(rms)))
 
 
 def _one_line(text: object) -> str:

@@ -16,6 +16,7 @@ from streamtag.config import as_dests, command_defaults, read_yaml
 from streamtag.errors import StreamtagError
 
 ARCHS = ("cnn14", "cnn10", "cnn6")
+FORMATS = ("table", "jsonl", "csv")  # events output formats (events/output.py)
 
 
 def positive_float(text: str) -> float:
@@ -201,6 +202,69 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels(args: argparse.Namespace) -> int:
+    """List AudioSet classes and ontology nodes matching QUERY, with the classes a node stands for in rules."""
+    from streamtag.events.rules import describe_labels
+
+    rows = describe_labels(args.query)
+    if not rows:
+        raise StreamtagError(f"no class or ontology node contains {args.query!r}; try a shorter QUERY")
+    for name, kind, classes in rows:
+        if kind == "class" and classes == [name]:
+            print(f"{name}  (class)")
+        else:
+            what = f"{kind}, {len(classes)} classes" if kind == "node" else f"class + {len(classes) - 1} below"
+            print(f"{name}  ({what}): {'; '.join(classes)}")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Sound events: detect them in a results file, or list/show the event log."""
+    from streamtag.events.output import format_events
+
+    if args.events_command == "detect":
+        from streamtag.events.detector import detect
+        from streamtag.events.rules import load_rules
+        from streamtag.results import load_result
+
+        result = load_result(args.file)
+        rules = load_rules(args.events, result.labels or None)
+        if not result.labels:
+            from streamtag.labels import audioset_labels
+
+            result.labels = list(audioset_labels())
+        if len(result.labels) != result.scores.shape[1]:
+            raise StreamtagError(f"{args.file}: {result.scores.shape[1]} scores per step but {len(result.labels)} "
+                                 "labels; events need a result of the 527 AudioSet classes")
+        if result.level is None and any(r.min_level > -120 for r in rules):
+            print(f"streamtag: note: {args.file} has no `level` array (written before levels were stored); "
+                  "min_level is not applied", file=sys.stderr)
+        events = detect(result, rules, args.smooth_size if args.smooth else None)
+        sys.stdout.write(format_events(events, args.format))
+        return 0
+    from streamtag.events import store
+
+    db = store.EventStore.open_for_reading(args.db)
+    try:
+        if args.events_command == "show":
+            event = db.get(args.id)
+            if event is None:
+                raise StreamtagError(f"no event {args.id!r} in {db.path}; see `streamtag events list`")
+            if args.format == "table":  # one event: every field on its own line
+                import json
+
+                print(json.dumps(event.to_dict(), indent=1, ensure_ascii=False))
+            else:
+                sys.stdout.write(format_events([event], args.format))
+            return 0
+        events = db.query(label=args.label, since=store.parse_since(args.since) if args.since else None,
+                          source=args.source, min_peak=args.min_peak, limit=args.limit)
+        sys.stdout.write(format_events(events, args.format))
+    finally:
+        db.close()
+    return 0
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     """List input devices: index, name, channels, default rate (* = the default input)."""
     from streamtag.stream.sources import input_devices
@@ -317,6 +381,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="as fast as inference goes, no hop dropped")
 
     _subcommand(sub, "devices", cmd_devices, "list audio input devices", configured=False)
+
+    p = _subcommand(sub, "labels", cmd_labels, "list AudioSet classes and ontology nodes (what a rule name covers)",
+                    configured=False)
+    p.add_argument("query", nargs="?", metavar="QUERY", help="only names containing QUERY (case-insensitive)")
+
+    p = _subcommand(sub, "events", cmd_events, "sound events: detect in a results file, list or show the log",
+                    configured=False)
+    esub = p.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    ed = esub.add_parser("detect", help="run the event detector over a results .npz (as live would have)")
+    ed.add_argument("file", metavar="RESULT.npz")
+    ed.add_argument("--events", metavar="SPEC", required=True, help="rules: a YAML file or comma-separated labels")
+    ed.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=True,
+                    help="detect on smoothed scores, as live does by default (default: %(default)s)")
+    ed.add_argument("--smooth-size", type=positive_int, metavar="N", default=5,
+                    help="steps in the moving average, as the session used (default: %(default)s)")
+    ed.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
+    el = esub.add_parser("list", help="events from the log (newest last)")
+    el.add_argument("--db", metavar="PATH", help="the event log (default: $STREAMTAG_HOME/events.sqlite)")
+    el.add_argument("--label", metavar="L", help="only this rule's events")
+    el.add_argument("--since", metavar="2h|ISO", help="only events since a time: 90s, 15m, 2h, 3d, or ISO 8601")
+    el.add_argument("--source", metavar="S", help="only events whose source contains S")
+    el.add_argument("--min-peak", type=float, metavar="X", help="only events with peak ≥ X")
+    el.add_argument("--limit", type=positive_int, metavar="N", help="only the newest N")
+    el.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
+    es = esub.add_parser("show", help="one event, all fields")
+    es.add_argument("id", metavar="ID")
+    es.add_argument("--db", metavar="PATH", help="the event log (default: $STREAMTAG_HOME/events.sqlite)")
+    es.add_argument("--format", choices=FORMATS, default="table", help="output format (default: JSON)")
 
     p = _subcommand(sub, "bench", cmd_bench, "benchmark the inference engine against eager Paddle")
     p.add_argument("--models", metavar="A,B", help="comma-separated archs (default: %(default)s)")

@@ -8,7 +8,6 @@ misspelt name).
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -21,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from streamtag.errors import StreamtagError
+from streamtag.labels import parse_label_list
 from streamtag.stream.pipeline import SILENCE_DB, PipelineState
 
 WIDTH = 80  # the whole panel fits an 80-column terminal
@@ -132,40 +132,6 @@ class Dashboard:
 
 
 # ------------------------------------------------------------------------------------------------ label filter
-def _canonical(name: str) -> str:
-    return " ".join(name.replace(",", ", ").split()).casefold().replace(" ,", ",")
-
-
-def parse_label_list(text: str, labels: Sequence[str], option: str) -> list[int]:
-    """Indices of the comma-separated labels in `text`. Labels may contain commas themselves ("Domestic animals,
-    pets"), so the longest run of pieces that names a label wins. Unknown name → one-line error with a suggestion."""
-    index = {_canonical(label): i for i, label in enumerate(labels)}
-    pieces = [p.strip() for p in text.split(",")]
-    found: list[int] = []
-    i = 0
-    while i < len(pieces):
-        if not pieces[i]:
-            i += 1
-            continue
-        for j in range(len(pieces), i, -1):
-            key = _canonical(", ".join(pieces[i:j]))
-            if key in index:
-                found.append(index[key])
-                i = j
-                break
-        else:
-            name = pieces[i]
-            close = difflib.get_close_matches(name, list(labels), n=1, cutoff=0.6) or \
-                difflib.get_close_matches(name.casefold(), [label.casefold() for label in labels], n=1, cutoff=0.6)
-            hint = ""
-            if close:
-                match = next(label for label in labels if label.casefold() == close[0].casefold())
-                hint = f"did you mean {match!r}? "
-            raise StreamtagError(f"{option}: unknown label {name!r}; {hint}"
-                                 "labels are AudioSet display names (streamtag/assets/class_labels_indices.csv)")
-    return found
-
-
 def label_mask(labels: Sequence[str], only: str | None = None, ignore: str | None = None) -> np.ndarray | None:
     """Boolean mask of the labels the table may show (None = all)."""
     if not only and not ignore:

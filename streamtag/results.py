@@ -46,6 +46,9 @@ class TagResult:
     sample_duration: float           # window length, seconds
     hop_duration: float              # seconds between window starts
     labels: list[str] = field(default_factory=list)  # one display name per score column
+    level: np.ndarray | None = None  # float32 [N], each window's RMS level in dBFS (None: a file from before it)
+    source: str = ""                 # what was scored: the input file, or the live device
+    wall_clock: float | None = None  # POSIX time of the first sample (live sessions only)
 
     def times(self, time_format: str = "seconds") -> np.ndarray:
         """The time line values: seconds, or t/T ("ratio", what the seed printed).
@@ -77,6 +80,15 @@ def save_result(path: str | os.PathLike, result: TagResult) -> Path:
         "hop_duration": np.float64(result.hop_duration),
         "labels": np.array([str(x) for x in result.labels], dtype=np.str_),
     }
+    if result.source:
+        arrays["source"] = np.str_(result.source)
+    if result.level is not None:
+        level = np.asarray(result.level, dtype=np.float32)
+        if level.shape != time.shape:
+            raise ValueError(f"level {level.shape} does not match time {time.shape}")
+        arrays["level"] = level
+    if result.wall_clock is not None:
+        arrays["wall_clock"] = np.float64(result.wall_clock)
     try:
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, **arrays)
@@ -130,6 +142,10 @@ def load_result(path: str | os.PathLike) -> TagResult:
             return default
 
     labels = [str(x) for x in data["labels"].ravel()] if "labels" in data and data["labels"].dtype.kind == "U" else []
+    level = data.get("level")
+    if level is not None and (level.shape != time.shape or not np.issubdtype(level.dtype, np.number)):
+        raise StreamtagError(f"{path}: `level` {level.shape} does not match `time` {time.shape}; {hint}")
+    wall_clock = scalar("wall_clock", float, None)
     return TagResult(
         time=time,
         scores=scores,
@@ -139,6 +155,9 @@ def load_result(path: str | os.PathLike) -> TagResult:
         sample_duration=scalar("sample_duration", float, math.nan),
         hop_duration=scalar("hop_duration", float, math.nan),
         labels=labels,
+        level=None if level is None else level.astype(np.float32, copy=False),
+        source=scalar("source", str, ""),
+        wall_clock=wall_clock if wall_clock is not None and math.isfinite(wall_clock) else None,
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from streamtag.audio import TARGET_RATE, AudioReader
+from streamtag.audio import TARGET_RATE, AudioReader, window_level_db
 from streamtag.errors import StreamtagError
 from streamtag.labels import audioset_labels
 from streamtag.results import TagResult
@@ -109,6 +109,7 @@ def tag_file(source: str | os.PathLike | AudioReader, scorer, sample_duration: f
     hop_seconds = hop / TARGET_RATE
     expected = window_count(reader.expected_samples(), win, hop, pad)
     starts: list[int] = []
+    levels: list[float] = []
     chunks: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     began = clock.perf_counter()
@@ -126,6 +127,7 @@ def tag_file(source: str | os.PathLike | AudioReader, scorer, sample_duration: f
 
         for start, window in iter_windows(reader.blocks(), win, hop, pad):
             starts.append(start)
+            levels.append(window_level_db(window))
             batch.append(window)
             if len(batch) == batch_size:
                 flush()
@@ -147,6 +149,8 @@ def tag_file(source: str | os.PathLike | AudioReader, scorer, sample_duration: f
         sample_duration=float(sample_duration),
         hop_duration=float(hop_duration),
         labels=labels,
+        level=np.asarray(levels, dtype=np.float32),
+        source=str(reader.path),
     )
 
 

@@ -17,10 +17,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from streamtag.audio import SILENCE_DB, dbfs, window_level_db
 from streamtag.stream.ring import Overrun, RingBuffer
 
 SAMPLE_RATE = 32000
-SILENCE_DB = -120.0
 PEAK_HOLD_SECONDS = 1.5
 
 
@@ -39,7 +39,8 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class HopResult:
-    """One scored window: `time` is its start in seconds; `scores` raw, `smoothed` what is shown."""
+    """One scored window: `time` is its start in seconds; `scores` raw, `smoothed` what is shown; `level_db` the
+    window's RMS level (dBFS, float32-rounded as the npz stores it)."""
 
     index: int
     time: float
@@ -47,6 +48,7 @@ class HopResult:
     smoothed: np.ndarray
     inference_ms: float
     delay_ms: float | None
+    level_db: float = SILENCE_DB
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,6 @@ class PipelineState:
     peak_db: float = SILENCE_DB
     result: HopResult | None = None
     running: bool = True
-
-
-def dbfs(value: float) -> float:
-    return 20.0 * math.log10(value) if value > 1e-6 else SILENCE_DB
 
 
 class Pipeline:
@@ -210,6 +208,7 @@ class Pipeline:
         except Overrun:  # fell a whole ring behind (only possible without catch-up): count it as skipped
             self.skipped += 1
             return
+        level = window_level_db(window)
         t0 = time.perf_counter()
         scores = np.array(self.scorer.score(window[None, :])[0], dtype=np.float32)
         ms = (time.perf_counter() - t0) * 1000.0
@@ -222,7 +221,7 @@ class Pipeline:
         arrival = ring.arrival_time(end - 1)
         delay = None if arrival is None else (self._clock() - arrival) * 1000.0
         result = HopResult(index=k, time=start / SAMPLE_RATE, scores=scores, smoothed=smoothed, inference_ms=ms,
-                           delay_ms=delay)
+                           delay_ms=delay, level_db=level)
         self._publish(result)
         for sink in self.sinks:
             sink.add(result)

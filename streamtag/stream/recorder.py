@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 
@@ -32,7 +32,8 @@ class Recorder:
     smoothed unless smoothing is off)."""
 
     def __init__(self, prefix: str | os.PathLike, labels: Sequence[str], model: str, sample_rate: int,
-                 sample_duration: float, hop_duration: float, top_k: int, smoothed: bool = True):
+                 sample_duration: float, hop_duration: float, top_k: int, smoothed: bool = True, source: str = "",
+                 wall_clock: Callable[[], float | None] | None = None):
         prefix = str(prefix)
         for suffix in (".npz", ".txt"):  # `--record run.npz` means the prefix `run`
             if prefix.endswith(suffix):
@@ -51,7 +52,10 @@ class Recorder:
         self.hop_duration = float(hop_duration)
         self.top_k = top_k
         self.smoothed = smoothed
+        self.source = source
+        self._wall_clock = wall_clock or (lambda: None)  # asked at each flush: a live stream's start is known late
         self._times: list[float] = []
+        self._levels: list[float] = []
         self._scores: list[np.ndarray] = []
         self._blocks: list[str] = []
         self._lock = threading.Lock()  # held only for list appends / a length read
@@ -69,6 +73,7 @@ class Recorder:
         block = format_txt_block(result.time, top_k(row, self.top_k, self.labels))
         with self._lock:
             self._times.append(result.time)
+            self._levels.append(result.level_db)
             self._scores.append(result.scores)
             self._blocks.append(block)
 
@@ -94,12 +99,14 @@ class Recorder:
         with self._lock:
             n = len(self._times)
             times, scores, blocks = self._times[:n], self._scores[:n], self._blocks[:n]
+            levels = self._levels[:n]
         result = TagResult(time=np.asarray(times, dtype=np.float64),
                            scores=np.stack(scores).astype(np.float32) if n else np.zeros((0, len(self.labels)),
                                                                                           np.float32),
                            duration=float(duration), sample_rate=self.sample_rate, model=self.model,
                            sample_duration=self.sample_duration, hop_duration=self.hop_duration,
-                           labels=list(self.labels))
+                           labels=list(self.labels), level=np.asarray(levels, dtype=np.float32),
+                           source=self.source, wall_clock=self._wall_clock())
         try:
             save_result(self.npz_path, result)
             atomic_write_text(self.txt_path, "".join(blocks))

@@ -120,6 +120,8 @@ class MicSource:
             self.ring = RingBuffer(int(ring_seconds * SAMPLE_RATE), SAMPLE_RATE)
             self._resampler = StreamResampler(self.sample_rate, SAMPLE_RATE)
         self._pumped = 0  # capture samples already resampled into ring
+        # POSIX time of the stream's first sample (set by the first callback): events' wall_start/wall_end
+        self.wall_clock: float | None = None
         self.overflows = 0
         self.finished = False
         self.error: str | None = None
@@ -139,6 +141,8 @@ class MicSource:
         # Real-time thread: count, copy, return. No allocation beyond what Python does for the call itself.
         if status.input_overflow:
             self.overflows += 1
+        if self.wall_clock is None:
+            self.wall_clock = time.time() - frames / self.sample_rate
         self.capture.write(indata)
 
     def _finished_callback(self) -> None:
@@ -227,6 +231,7 @@ class FileSource:
         self.catch_up = not fast
         self.rate = math.inf if fast else SAMPLE_RATE * speed
         self.speed = speed
+        self.wall_clock = None  # a file has no wall-clock time (events from a replay carry stream time only)
         self.ring = RingBuffer(int(ring_seconds * SAMPLE_RATE), SAMPLE_RATE)
         self.limit = None if limit_seconds is None else int(round(limit_seconds * SAMPLE_RATE))
         self.overflows = 0
