@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-$(DEVICE)
 SAMPLE  ?= samples/sample.wav
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run test bench clean
+.PHONY: install system-deps run test bench clean sync-configs fuzz
 
 install: $(STAMP)
 
@@ -46,3 +46,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) output_dir .pytest_cache *.egg-info
+
+# configs/ is the documented, editable copy; the package ships streamtag/configs/ (tests/test_packaging.py keeps
+# them identical). After editing configs/*.yaml, run this.
+sync-configs:
+	cp configs/*.yaml streamtag/configs/

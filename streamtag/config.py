@@ -1,5 +1,7 @@
-"""Defaults for every command live in `configs/<command>.yaml`, one key per CLI option.
+"""Defaults for every command live in `streamtag/configs/<command>.yaml` (package data), one key per CLI option.
 
+They ship inside the package so that a wheel, pipx or any non-editable install has them; the repository's `configs/`
+is the documented copy to read and copy from, kept identical by tests/test_packaging.py (`make sync-configs`).
 The YAML key is the option's long name without the dashes in front (`--sample-duration` → `sample-duration`;
 a `--x/--no-x` switch is `x: true|false`). `--config FILE` on any command layers a user file of the same keys on top.
 """
@@ -7,6 +9,7 @@ a `--x/--no-x` switch is `x: true|false`). `--config FILE` on any command layers
 from __future__ import annotations
 
 import functools
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import yaml
 
 from streamtag.errors import StreamtagError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SHIPPED = resources.files("streamtag") / "configs"  # the package's own defaults (a Traversable, also in a wheel)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -35,8 +38,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def command_defaults(command: str) -> dict[str, Any]:
     """The shipped defaults of `command` (empty when the command has no config file)."""
-    path = CONFIG_DIR / f"{command}.yaml"
-    return read_yaml(path) if path.exists() else {}
+    shipped = SHIPPED / f"{command}.yaml"
+    if not shipped.is_file():
+        return {}
+    data = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+    return data or {}
+
+
+def shipped_commands() -> list[str]:
+    """The commands that have a shipped defaults file."""
+    return sorted(p.name[:-5] for p in SHIPPED.iterdir() if p.name.endswith(".yaml"))
 
 
 def as_dests(options: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""configs/*.yaml map 1:1 to the CLI options of their command."""
+"""The shipped configs (streamtag/configs/*.yaml, = repo configs/) map 1:1 to the CLI options of their command."""
 
 import pytest
 
 from streamtag.cli import build_parser, parse_args
-from streamtag.config import CONFIG_DIR, as_dests, command_defaults
+from streamtag.config import as_dests, command_defaults, shipped_commands
 
-COMMANDS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+COMMANDS = shipped_commands()
 
 
 def _subparser(name):
