@@ -46,6 +46,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def pixels(text: str) -> int:
+    value = positive_int(text)
+    if not 100 <= value <= 20000:
+        raise argparse.ArgumentTypeError(f"must be 100 to 20000 pixels, got {text}")
+    return value
+
+
+def dots_per_inch(text: str) -> int:
+    value = positive_int(text)
+    if not 20 <= value <= 1200:
+        raise argparse.ArgumentTypeError(f"must be 20 to 1200, got {text}")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------- option groups
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
@@ -164,6 +178,25 @@ def cmd_parse(args: argparse.Namespace) -> int:
                                 smooth_size=smooth_size, time_format=args.time_format)
             how = f"smoothed over {smooth_size} steps" if smooth_size else "raw scores"
             print(f"{name}: {len(result.time)} steps, top {args.top_k}, {how} → {dest}", flush=True)
+        except StreamtagError as e:
+            print(f"streamtag: error: {e}", file=sys.stderr)
+            failures += 1
+    return 1 if failures else 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw result files into <output-dir>/<stem>.png (issue: pictures); same error policy as `parse`."""
+    from streamtag.plot import options_from, plot_result, require_matplotlib
+
+    require_matplotlib()
+    if args.audio and len(args.files) > 1:
+        raise StreamtagError("--audio is the audio of one result; plot one NPZ at a time with it")
+    options = options_from(vars(args))
+    failures = 0
+    for name in args.files:
+        try:
+            dest = plot_result(name, options, output_dir=args.output_dir, audio=args.audio, events=args.events)
+            print(f"{name} → {dest}", flush=True)
         except StreamtagError as e:
             print(f"streamtag: error: {e}", file=sys.stderr)
             failures += 1
@@ -368,6 +401,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-format", choices=("seconds", "ratio"),
                    help="time line: window start in seconds, or t/T as the seed printed (default: %(default)s)")
     p.add_argument("--format", choices=("txt", "jsonl", "csv"), help="output format (default: %(default)s)")
+
+    p = _subcommand(sub, "plot", cmd_plot, "draw results: spectrogram, top classes over time, events")
+    p.add_argument("files", nargs="+", metavar="NPZ")
+    p.add_argument("--audio", metavar="FILE",
+                   help="draw the log-mel spectrogram of FILE on top (default: PREFIX.wav beside PREFIX.npz, if "
+                        "there is one; otherwise the level trace the npz holds)")
+    p.add_argument("--events", metavar="SPEC",
+                   help="events drawn as spans: a .jsonl of events (default: PREFIX.events.jsonl beside the npz, "
+                        "if there is one)")
+    p.add_argument("--top", type=positive_int, metavar="N",
+                   help="classes with the highest peak score shown (default: %(default)s)")
+    p.add_argument("--smooth", action=argparse.BooleanOptionalAction,
+                   help="smooth scores as `parse` does before ranking and drawing (default: %(default)s)")
+    p.add_argument("--smooth-size", type=positive_int, metavar="N",
+                   help="steps in the moving average (default: %(default)s)")
+    p.add_argument("--time-axis", choices=("auto", "stream", "wall"),
+                   help="x axis: seconds of stream, or the wall clock (live recordings); auto = wall when the "
+                        "result has a start time (default: %(default)s)")
+    p.add_argument("--format", choices=("png", "svg", "pdf"), help="image format (default: %(default)s)")
+    p.add_argument("--output-dir", metavar="DIR", help="where pictures go (default: beside each npz)")
+    p.add_argument("--width", type=pixels, metavar="PX", help="picture width in pixels (default: %(default)s)")
+    p.add_argument("--height", type=pixels, metavar="PX", help="picture height in pixels (default: %(default)s)")
+    p.add_argument("--dpi", type=dots_per_inch, metavar="N",
+                   help="dots per inch: text size relative to the picture (default: %(default)s)")
 
     p = _subcommand(sub, "live", cmd_live, "tag the microphone live")
     p.add_argument("--input-device", metavar="DEV", help="index or name substring (see `streamtag devices`)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.constrain import Constrain
 from rich.live import Live
 from rich.panel import Panel
@@ -21,13 +21,15 @@ from rich.text import Text
 
 from streamtag.errors import StreamtagError
 from streamtag.labels import parse_label_list
-from streamtag.stream.pipeline import SILENCE_DB, PipelineState
+from streamtag.stream.pipeline import HISTORY_SECONDS, SILENCE_DB, PipelineState
 
-WIDTH = 80  # the whole panel fits an 80-column terminal
-BAR_CELLS = 30
+WIDTH = 80  # the whole panel fits an 80-column terminal; narrower ones lose the sparklines first
+BAR_CELLS = 20
 LEVEL_CELLS = 20
 LEVEL_FLOOR_DB = -60.0
+SPARK_CELLS = 20  # one cell per second of HISTORY_SECONDS
 _EIGHTHS = " ▏▎▍▌▋▊▉"
+_SPARKS = "▁▂▃▄▅▆▇█"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,24 @@ def bar(fraction: float, cells: int) -> str:
     return text.ljust(cells)
 
 
+def sparkline(times: Sequence[float], values: Sequence[float], end: float, cells: int = SPARK_CELLS,
+              seconds: float = HISTORY_SECONDS) -> str:
+    """The last `seconds` before `end` in `cells` block characters, each the highest value (0…1) of the windows in
+    its slice of time; a slice no window started in repeats the one before (hops longer than a cell), and the time
+    before the first window is blank."""
+    width = seconds / cells
+    cell_max = [-1.0] * cells
+    for t, v in zip(times, values):
+        c = cells - 1 - int((end - t) // width)
+        if 0 <= c < cells:
+            cell_max[c] = max(cell_max[c], min(1.0, max(0.0, float(v))))
+    out, held = [], -1.0
+    for v in cell_max:
+        held = v if v >= 0 else held
+        out.append(" " if held < 0 else _SPARKS[min(len(_SPARKS) - 1, int(held * len(_SPARKS)))])
+    return "".join(out)
+
+
 def clock(seconds: float) -> str:
     minutes, seconds = divmod(max(0.0, seconds), 60.0)
     hours, minutes = divmod(int(minutes), 60)
@@ -66,30 +86,57 @@ def _db(value: float) -> str:
     return "  -inf" if value <= SILENCE_DB else f"{value:6.1f}"
 
 
-def top_rows(state: PipelineState, view: DashboardView) -> list[tuple[str, float]]:
-    """The labels the table shows: top-k of the smoothed scores among the labels the filter allows."""
+def top_rows(state: PipelineState, view: DashboardView) -> list[tuple[str, float, int]]:
+    """The labels the table shows, (label, score, column): top-k of the smoothed scores among the labels the filter
+    allows."""
     if state.result is None:
         return []
-    from streamtag.results import shown_top_k
+    from streamtag.results import shown_order
 
     row = state.result.smoothed if view.smoothed else state.result.scores
-    return shown_top_k(row, view.top_k, view.labels, view.mask)
+    return [(view.labels[i], float(row[i]), i) for i in shown_order(row, view.top_k, view.mask)]
+
+
+def _level_fraction(db: float) -> float:
+    return (db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB
 
 
 def render(state: PipelineState, view: DashboardView) -> RenderableType:
-    """The whole screen for one snapshot (pure: same state and view, same picture)."""
+    """The whole screen for one snapshot (pure: same state, view and terminal width, same picture)."""
+    return _Screen(state, view)
+
+
+class _Screen:
+    """Chooses the layout by the width rich offers: with sparklines at 80 columns and more, without below."""
+
+    def __init__(self, state: PipelineState, view: DashboardView):
+        self.state, self.view = state, view
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield _panel(self.state, self.view, sparklines=options.max_width >= WIDTH)
+
+
+def _panel(state: PipelineState, view: DashboardView, sparklines: bool) -> RenderableType:
+    end = state.history[-1].time if state.history else 0.0
+    times = [r.time for r in state.history]
     info = Table.grid(padding=(0, 1))
     info.add_column(style="bold cyan", no_wrap=True)
     info.add_column(no_wrap=True, overflow="ellipsis")
     info.add_row("engine", view.engine)
-    level_fill = (state.level_db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB
-    peak_cell = int((state.peak_db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB * LEVEL_CELLS)
+    level_fill = _level_fraction(state.level_db)
+    peak_cell = int(_level_fraction(state.peak_db) * LEVEL_CELLS)
     meter = list(bar(level_fill, LEVEL_CELLS))
     if 0 <= peak_cell < LEVEL_CELLS and meter[peak_cell] == " ":
         meter[peak_cell] = "│"  # peak hold marker
     level_color = "red" if state.peak_db > -1.0 else "green"
-    info.add_row("level", Text.assemble((f"{_db(state.level_db)} dBFS ", ""), ("".join(meter), level_color),
-                                        f" peak {_db(state.peak_db)} dBFS"))
+    level = Text.assemble((f"{_db(state.level_db)} dBFS ", ""), ("".join(meter), level_color),
+                          f" peak {_db(state.peak_db)}")
+    if sparklines:  # the unit is said once so that the level's own 20 s fit beside it
+        level.append(" " + sparkline(times, [_level_fraction(r.level_db) for r in state.history], end),
+                     style="green")
+    else:
+        level.append(" dBFS")
+    info.add_row("level", level)
     delay = "" if state.delay_ms is None else f" · delay {state.delay_ms:.0f} ms"
     info.add_row("infer", f"last {_ms(state.last_ms)} ms · mean {_ms(state.mean_ms)} ms{delay}")
     info.add_row("hops", f"{state.hops} every {view.hop_duration:g} s · skipped {state.skipped} · "
@@ -99,13 +146,20 @@ def render(state: PipelineState, view: DashboardView) -> RenderableType:
 
     table = Table(expand=True, box=None, padding=(0, 1), show_edge=False)
     table.add_column("label", ratio=1, no_wrap=True, overflow="ellipsis")
+    if sparklines:
+        table.add_column(f"last {HISTORY_SECONDS:g} s", width=SPARK_CELLS, no_wrap=True, style="cyan")
     table.add_column("score", justify="right", width=5, no_wrap=True)
     table.add_column("", width=BAR_CELLS, no_wrap=True, style="magenta")
     rows = top_rows(state, view)
-    for label, score in rows:
-        table.add_row(label, f"{score:.3f}", bar(score, BAR_CELLS))
+    for label, score, index in rows:
+        history = []
+        if sparklines:
+            history = [sparkline(times, [(r.smoothed if view.smoothed else r.scores)[index] for r in state.history],
+                                 end)]
+        table.add_row(label, *history, f"{score:.3f}", bar(score, BAR_CELLS))
     for _ in range(view.top_k - len(rows)):  # keep the height steady while the first window fills
-        table.add_row(Text("waiting for the first window…" if not rows and _ == 0 else "", style="dim"), "", "")
+        table.add_row(Text("waiting for a window…" if not rows and _ == 0 else "", style="dim"),
+                      *[""] * (len(table.columns) - 1))
     title = f"[bold]streamtag[/] · {view.title}"
     return Constrain(Panel(Group(info, Text(""), table), title=title, title_align="left", border_style="blue"),
                      width=WIDTH)

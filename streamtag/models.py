@@ -111,6 +111,19 @@ def _computed_not_saved(layer: nn.Layer) -> None:
             sublayer.register_buffer(name, buffer, persistable=False)
 
 
+def front_end() -> LogMelSpectrogram:
+    """The PANNs log-mel front end on its own: waveform [B, N] at 32 kHz → dB [B, 64 mel, frames], one frame every
+    HOP_LENGTH samples (centred). The models compute their input with it; `plot` draws what the model saw with it."""
+    layer = LogMelSpectrogram(
+        sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT,
+        window="hann", power=2.0, center=True, pad_mode="reflect", n_mels=N_MELS,
+        f_min=F_MIN, f_max=F_MAX, htk=False, norm="slaney",
+        ref_value=1.0, amin=1e-10, top_db=None,
+    )
+    _computed_not_saved(layer)
+    return layer
+
+
 class PANNs(nn.Layer):
     """One PANNs CNN: waveform [B, N] float32 at 32 kHz -> (clipwise [B, 527], embedding [B, D])."""
 
@@ -119,13 +132,7 @@ class PANNs(nn.Layer):
         spec = ARCH_SPECS[_check_arch(arch)]
         self.arch = arch
         self.min_samples = min_samples(arch)
-        self.log_mel = LogMelSpectrogram(
-            sr=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT,
-            window="hann", power=2.0, center=True, pad_mode="reflect", n_mels=N_MELS,
-            f_min=F_MIN, f_max=F_MAX, htk=False, norm="slaney",
-            ref_value=1.0, amin=1e-10, top_db=None,
-        )
-        _computed_not_saved(self.log_mel)
+        self.log_mel = front_end()
         self.bn0 = nn.BatchNorm2D(N_MELS, epsilon=1e-5)
         block = ConvBlock if spec.kernel_size == 3 else ConvBlock5x5
         in_channels = 1

@@ -222,13 +222,19 @@ def top_k(row: np.ndarray, k: int, labels: Sequence[str]) -> list[tuple[str, flo
     return [(labels[i], float(row[i])) for i in order]
 
 
-def shown_top_k(row: np.ndarray, k: int, labels: Sequence[str],
-                mask: np.ndarray | None = None) -> list[tuple[str, float]]:
-    """The top-k a live view shows: only labels `mask` allows (--only/--ignore), highest first, stable on ties."""
+def shown_order(row: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[int]:
+    """Column indices of the top-k a live view shows: only labels `mask` allows (--only/--ignore), highest first,
+    stable on ties."""
     if mask is not None:
         row = np.where(mask, row, -np.inf)
     order = np.argsort(-row, kind="stable")[:k]
-    return [(labels[i], float(row[i])) for i in order if np.isfinite(row[i])]
+    return [int(i) for i in order if np.isfinite(row[i])]
+
+
+def shown_top_k(row: np.ndarray, k: int, labels: Sequence[str],
+                mask: np.ndarray | None = None) -> list[tuple[str, float]]:
+    """The (label, score) pairs of `shown_order`."""
+    return [(labels[i], float(row[i])) for i in shown_order(row, k, mask)]
 
 
 _top_k = top_k  # for Writer.render, whose `top_k` parameter (the seed's option name) shadows this function

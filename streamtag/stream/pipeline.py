@@ -9,6 +9,7 @@ at its own pace) and hands a `HopResult` to the sinks (recorder, JSON lines).
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 import time
@@ -22,6 +23,7 @@ from streamtag.stream.ring import Overrun, RingBuffer
 
 SAMPLE_RATE = 32000
 PEAK_HOLD_SECONDS = 1.5
+HISTORY_SECONDS = 20.0  # how far back the snapshot's history reaches (the dashboard's sparklines)
 
 
 class Source(Protocol):
@@ -68,6 +70,7 @@ class PipelineState:
     peak_db: float = SILENCE_DB
     result: HopResult | None = None
     running: bool = True
+    history: tuple[HopResult, ...] = ()   # the windows of the last HISTORY_SECONDS, oldest first
 
 
 class Pipeline:
@@ -108,6 +111,10 @@ class Pipeline:
         self._peak = (SILENCE_DB, -math.inf)  # held peak dBFS, the sample where it was held
         self._level = SILENCE_DB
         self._started = 0.0
+        # The history is a deque of the (immutable) HopResults themselves: a snapshot copies ~70 references per hop,
+        # never the scores, and the dashboard reads it without a lock.
+        keep = math.ceil(HISTORY_SECONDS / (self.hop / SAMPLE_RATE)) + 1
+        self._history: collections.deque[HopResult] = collections.deque(maxlen=keep)
 
     # ------------------------------------------------------------------ control
     @property
@@ -222,6 +229,7 @@ class Pipeline:
         delay = None if arrival is None else (self._clock() - arrival) * 1000.0
         result = HopResult(index=k, time=start / SAMPLE_RATE, scores=scores, smoothed=smoothed, inference_ms=ms,
                            delay_ms=delay, level_db=level)
+        self._history.append(result)
         self._publish(result)
         for sink in self.sinks:
             sink.add(result)
@@ -235,7 +243,8 @@ class Pipeline:
             last_ms=result.inference_ms if result else old.last_ms,
             mean_ms=self._sum_ms / self.hops if self.hops else None,
             delay_ms=result.delay_ms if result else old.delay_ms,
-            level_db=self._level, peak_db=self._peak[0], result=result or old.result, running=running)
+            level_db=self._level, peak_db=self._peak[0], result=result or old.result, running=running,
+            history=tuple(self._history) if result else old.history)
 
 
 def level_span(hop: int) -> int:
