@@ -99,6 +99,8 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     p.add_argument("--record", metavar="PREFIX", help="write PREFIX.npz (raw scores) and PREFIX.txt (smoothed top-k)")
     p.add_argument("--save-audio", metavar="FILE.wav", help="save the audio that was scored")
+    p.add_argument("--plot", action=argparse.BooleanOptionalAction,
+                   help="at the end, draw the recording into PREFIX.png as `streamtag plot` does (needs --record)")
     p.add_argument("--dashboard", action=argparse.BooleanOptionalAction,
                    help="live top-k table in the terminal (default: %(default)s)")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, help="one JSON object per hop on stdout")
@@ -121,6 +123,12 @@ def cmd_tag(args: argparse.Namespace) -> int:
     from streamtag.tagging import realtime_factor, tag_file, window_sizes
 
     window_sizes(args.sample_duration, args.hop_duration)  # a bad duration fails before any file or model
+    plot_options = None
+    if args.plot:
+        from streamtag.plot import options_from, plot_result, require_matplotlib
+
+        require_matplotlib()  # before hours of tagging, not after
+        plot_options = options_from(command_defaults("plot"))
     out_dir = ensure_output_dir(args.output_dir)
     failures, jobs, dests = 0, [], set()
     for name in args.files:
@@ -144,8 +152,11 @@ def cmd_tag(args: argparse.Namespace) -> int:
                 result = tag_file(reader, scorer, args.sample_duration, args.hop_duration, args.batch_size, args.pad)
                 save_result(dest, result)
                 took = time.perf_counter() - began
+                picture = ""
+                if plot_options is not None:
+                    picture = f", {plot_result(dest, plot_options, audio=reader.path)}"
                 print(f"{reader.path}: {result.duration:.1f} s, {len(result.time)} windows in {took:.1f} s "
-                      f"({realtime_factor(result.duration, took):.1f}× real time) → {dest}", flush=True)
+                      f"({realtime_factor(result.duration, took):.1f}× real time) → {dest}{picture}", flush=True)
             except StreamtagError as e:
                 message = str(e) if str(reader.path) in str(e) else f"{reader.path}: {e}"
                 print(f"streamtag: error: {message}", file=sys.stderr)
@@ -392,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, metavar="N", help="windows per model call (default: %(default)s)")
     p.add_argument("--pad", action=argparse.BooleanOptionalAction,
                    help="zero-pad the last windows as the seed does; --no-pad keeps full windows only")
+    p.add_argument("--plot", action=argparse.BooleanOptionalAction,
+                   help="also draw <output-dir>/<stem>.png, as `streamtag plot` does with configs/plot.yaml")
 
     p = _subcommand(sub, "parse", cmd_parse, "turn tagging .npz results into top-k text")
     p.add_argument("files", nargs="+", metavar="NPZ")

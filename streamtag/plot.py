@@ -317,6 +317,8 @@ def draw(result: TagResult, dest: str | os.PathLike, options: PlotOptions, audio
          events: Sequence[Event] | None = None, name: str = "") -> Path:
     """Draw `result` (+ the spectrogram of `audio`, + `events`) into `dest` atomically; returns `dest`."""
     require_matplotlib()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     dest = Path(dest)
@@ -354,9 +356,6 @@ def draw(result: TagResult, dest: str | os.PathLike, options: PlotOptions, audio
     for row in rows[:-1]:
         axes[row].tick_params(labelbottom=False)
 
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
     score_ax = axes["scores"]
     score_ax.set_yticks(range(top), [_short(labels[i]) for i in order])
     score_ax.set_ylim(top - 0.5, -0.5)
@@ -374,7 +373,9 @@ def draw(result: TagResult, dest: str | os.PathLike, options: PlotOptions, audio
     if upper == "spectrogram":
         axes["spectrogram"].set_ylabel("log-mel\n(64 bins, model input)")
         axes["spectrogram"].set_yticks([])
-        spec_bar = fig.add_subplot(grid[0, 1])  # filled once the spectrogram's range is known
+        # a stand-in range with the widest tick labels, so the layout leaves room; the real one is set below
+        spec_bar = fig.colorbar(ScalarMappable(Normalize(-100.0, 0.0), "magma"), cax=fig.add_subplot(grid[0, 1]),
+                                label="dB")
     if events is not None:
         ev_ax = axes["events"]
         ev_ax.set_yticks(range(len(lanes)), [_short(x) for x in lanes])
@@ -418,7 +419,7 @@ def draw(result: TagResult, dest: str | os.PathLike, options: PlotOptions, audio
                                            cmap="magma", vmin=top_db - SPEC_RANGE_DB, vmax=top_db,
                                            extent=(spec.start, spec.start + spec.mel.shape[1] * spec.step, -0.5,
                                                    spec.mel.shape[0] - 0.5))
-        fig.colorbar(image, cax=spec_bar, label="dB")
+        spec_bar.update_normal(image)
     if events is not None:
         _draw_events(axes["events"], events, lanes, duration, pixels / (x1 - x0))
     for ax in axes.values():
@@ -446,7 +447,7 @@ def _draw_events(ax: Any, events: Sequence[Event], lanes: list[str], duration: f
             ax.text(e.start + 3 / px_per_s, lanes.index(e.label), e.label, va="center", ha="left", fontsize="small",
                     color="white", clip_on=True)
     for i, lane in enumerate(lanes):
-        ax.broken_barh(by_lane[lane], (i - 0.4, 0.8), facecolors=colours[i], edgecolor="none", alpha=0.85)
+        ax.broken_barh(by_lane[lane], (i - 0.4, 0.8), facecolors=colours[i], edgecolor="none")
     ax.grid(axis="x", alpha=0.3)
 
 
@@ -457,10 +458,14 @@ def output_path(npz: str | os.PathLike, output_dir: str | os.PathLike | None, fm
 
 
 def plot_result(npz: str | os.PathLike, options: PlotOptions, output_dir: str | os.PathLike | None = None,
-                audio: str | os.PathLike | None = None, events: str | None = None) -> Path:
-    """Draw the result file `npz`; `audio` defaults to PREFIX.wav beside it and `events` to PREFIX.events.jsonl."""
+                audio: str | os.PathLike | None = None, events: str | None = None,
+                find_audio: bool = True) -> Path:
+    """Draw the result file `npz`; `audio` defaults to PREFIX.wav beside it (unless `find_audio` is off: a session
+    that saved no audio must not pick up an older PREFIX.wav) and `events` to PREFIX.events.jsonl."""
     require_matplotlib()
     result = load_result(npz)
     found = load_events(events, result, npz, options.smooth_size)
-    return draw(result, output_path(npz, output_dir, options.fmt), options,
-                audio=audio if audio is not None else audio_beside(npz), events=found, name=Path(npz).name)
+    if audio is None and find_audio:
+        audio = audio_beside(npz)
+    return draw(result, output_path(npz, output_dir, options.fmt), options, audio=audio, events=found,
+                name=Path(npz).name)

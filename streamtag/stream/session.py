@@ -41,6 +41,7 @@ class StreamOptions:
     dashboard: bool = True
     json: bool = False
     mask: np.ndarray | None = None
+    plot: Any = None  # plot.PlotOptions: draw PREFIX.png from the recording at the end
 
 
 @dataclass
@@ -146,6 +147,11 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
                 if wav:
                     wav.close()
                     outputs.append(wav.path)
+    if options.plot is not None and recorder is not None and len(recorder) and pipeline.exception is None:
+        from streamtag.plot import plot_result
+
+        outputs.append(plot_result(recorder.npz_path, options.plot, audio=wav.path if wav else None,
+                                   find_audio=False))
     summary = Summary(audio_seconds=state.audio_seconds, wall_seconds=time.monotonic() - started, hops=state.hops,
                       skipped=state.skipped, overflows=state.overflows, overruns=state.overruns,
                       mean_ms=state.mean_ms, outputs=outputs, stopped_by=caught[0] if caught else "")
@@ -166,7 +172,17 @@ def stream_options(ns: Any, labels: Sequence[str]) -> StreamOptions:
     """StreamOptions from parsed `live`/`replay` options; checks --only/--ignore label names up front."""
     from streamtag.dashboard import label_mask
 
+    plot = None
+    if ns.plot:
+        if not ns.record:
+            raise StreamtagError("--plot draws the recording: add --record PREFIX (and --save-audio PREFIX.wav for "
+                                 "a spectrogram)")
+        from streamtag.config import command_defaults
+        from streamtag.plot import options_from, require_matplotlib
+
+        require_matplotlib()
+        plot = options_from(command_defaults("plot"))
     return StreamOptions(sample_duration=ns.sample_duration, hop_duration=ns.hop_duration, top_k=ns.top_k,
                          smooth=bool(ns.smooth), smooth_size=ns.smooth_size, duration=ns.duration, record=ns.record,
                          save_audio=ns.save_audio, dashboard=bool(ns.dashboard), json=bool(ns.json),
-                         mask=label_mask(labels, ns.only, ns.ignore))
+                         mask=label_mask(labels, ns.only, ns.ignore), plot=plot)
