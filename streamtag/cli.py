@@ -418,11 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "plot", cmd_plot, "draw results: spectrogram, top classes over time, events")
     p.add_argument("files", nargs="+", metavar="NPZ")
     p.add_argument("--audio", metavar="FILE",
-                   help="draw the log-mel spectrogram of FILE on top (default: PREFIX.wav beside PREFIX.npz, if "
-                        "there is one; otherwise the level trace the npz holds)")
+                   help="draw the log-mel spectrogram of FILE on top (default: PREFIX.wav beside PREFIX.npz, else "
+                        "the file a `tag` result came from, if either exists; otherwise the npz's level trace)")
     p.add_argument("--events", metavar="SPEC",
-                   help="events drawn as spans: a .jsonl of events (default: PREFIX.events.jsonl beside the npz, "
-                        "if there is one)")
+                   help="events drawn as spans: a .jsonl of events, or rules to detect them with (a YAML file or "
+                        "comma-separated labels, as `events detect --events`); default: PREFIX.events.jsonl beside "
+                        "the npz, if there is one")
     p.add_argument("--top", type=positive_int, metavar="N",
                    help="classes with the highest peak score shown (default: %(default)s)")
     p.add_argument("--smooth", action=argparse.BooleanOptionalAction,

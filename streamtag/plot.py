@@ -130,15 +130,26 @@ def read_events(path: str | os.PathLike) -> list[Event]:
 
 def load_events(spec: str | None, result: TagResult, npz: str | os.PathLike,
                 smooth_size: int | None) -> list[Event] | None:
-    """The events to draw: from `spec` (a .jsonl file) or PREFIX.events.jsonl; None = no events panel."""
+    """The events to draw: `spec` is a .jsonl of events, or rules (a YAML file or comma-separated labels, as
+    `streamtag events detect` takes) to detect them in `result` with the live path's own detector; without it,
+    PREFIX.events.jsonl when there is one. None = no events panel."""
     if spec is None:
         beside = events_beside(npz)
         return read_events(beside) if beside else None
-    if spec.endswith(".jsonl") or Path(spec).is_file():
+    if spec.endswith(".jsonl"):
         if not Path(spec).is_file():
             raise StreamtagError(f"--events {spec}: no such file; give a .jsonl of events, or rules to detect them")
         return read_events(spec)
-    raise StreamtagError(f"--events {spec}: not a .jsonl file of events; give one written by `streamtag events`")
+    from dataclasses import replace
+
+    from streamtag.events.detector import detect
+    from streamtag.events.rules import load_rules
+
+    labels = _labels(result)
+    rules = load_rules(spec, labels)
+    if result.level is None:  # a result from before levels were stored: rules' min_level cannot apply
+        result = replace(result, level=np.zeros(len(result.time), np.float32))
+    return detect(replace(result, labels=labels), rules, smooth_size)
 
 
 # ---------------------------------------------------------------------------------------------- pooling
@@ -323,7 +334,7 @@ def draw(result: TagResult, dest: str | os.PathLike, options: PlotOptions, audio
 
     dest = Path(dest)
     window, hop, duration = _geometry(result)
-    wall = getattr(result, "wall_clock", None)
+    wall = result.wall_clock
     if options.time_axis == "wall" and wall is None:
         raise StreamtagError(f"{name or dest}: no wall-clock start in this result (only live recordings have one); "
                              "use --time-axis stream")
@@ -333,7 +344,7 @@ def draw(result: TagResult, dest: str | os.PathLike, options: PlotOptions, audio
     scores = smooth(result.scores, options.smooth_size) if options.smooth_size else np.asarray(result.scores)
     top = min(options.top, scores.shape[1])
     order = np.argsort(-scores.max(axis=0), kind="stable")[:top]
-    level = getattr(result, "level", None)
+    level = result.level
     audio_seconds = 0.0
     if audio is not None:
         from streamtag.audio import AudioReader
@@ -386,7 +397,7 @@ def draw(result: TagResult, dest: str | os.PathLike, options: PlotOptions, audio
     when = ""
     if wall is not None:
         when = f" · started {datetime.fromtimestamp(wall).astimezone().strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    source = getattr(result, "source", "") or name or dest.stem
+    source = result.source or name or dest.stem
     fig.suptitle(f"{source} · {result.model or 'unknown model'} · window {window:g} s, hop {hop:g} s · "
                  f"{duration_text(duration)}{when}", fontsize="large")
 
@@ -460,12 +471,13 @@ def output_path(npz: str | os.PathLike, output_dir: str | os.PathLike | None, fm
 def plot_result(npz: str | os.PathLike, options: PlotOptions, output_dir: str | os.PathLike | None = None,
                 audio: str | os.PathLike | None = None, events: str | None = None,
                 find_audio: bool = True) -> Path:
-    """Draw the result file `npz`; `audio` defaults to PREFIX.wav beside it (unless `find_audio` is off: a session
-    that saved no audio must not pick up an older PREFIX.wav) and `events` to PREFIX.events.jsonl."""
+    """Draw the result file `npz`. `audio` defaults to PREFIX.wav beside it, else to the file the result was tagged
+    from (its `source`) when it is still there — unless `find_audio` is off: a session that saved no audio must not
+    pick up an older PREFIX.wav. `events`: see `load_events`."""
     require_matplotlib()
     result = load_result(npz)
     found = load_events(events, result, npz, options.smooth_size)
     if audio is None and find_audio:
-        audio = audio_beside(npz)
+        audio = audio_beside(npz) or (Path(result.source) if result.source and Path(result.source).is_file() else None)
     return draw(result, output_path(npz, output_dir, options.fmt), options, audio=audio, events=found,
                 name=Path(npz).name)

@@ -79,6 +79,14 @@ def test_tag_plot_draws_the_spectrogram_and_the_scores_of_a_short_file(tmp_path,
         assert (tmp_path / f"sample.{fmt}").read_bytes().startswith(magic)
     assert not list(tmp_path.rglob(".*.tmp*"))  # written through temp files, none left
 
+    # --events SPEC: detected on the fly by the live path's detector (the seeded model scores Speech high here)
+    done = run(streamtag_cmd("plot", tmp_path / "sample.npz", "--events", "Speech,Music", "--output-dir",
+                             tmp_path / "ev"), cli_env)
+    assert done.returncode == 0, done.stderr
+    assert near(assert_picture(tmp_path / "ev" / "sample.png")[int(900 * 0.75):], TAB_BLUE, 10) > 1000
+    done = run(streamtag_cmd("plot", tmp_path / "sample.npz", "--events", "Speach"), cli_env)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1 and "Speach" in done.stderr
+
 
 def test_a_recording_with_audio_and_events(tmp_path, model, cli_env):
     from test_stream import make_wav
