@@ -72,7 +72,7 @@ def test_session_in_order(broker: Broker) -> None:
     configs = [m for m in got if m.topic.endswith("/config")]
     assert [m.topic for m in configs] == [
         "homeassistant/binary_sensor/streamtag_testnode/dog/config",
-        "homeassistant/binary_sensor/streamtag_testnode/smoke_detector_smoke_alarm/config",
+        "homeassistant/binary_sensor/streamtag_testnode/smoke-detector-smoke-alarm/config",
         "homeassistant/sensor/streamtag_testnode/level/config"]
     dog_config = configs[0].json()
     assert dog_config["device_class"] == "sound" and dog_config["state_topic"] == f"{BASE}/dog/state"
@@ -85,7 +85,7 @@ def test_session_in_order(broker: Broker) -> None:
     first_online = topics.index(f"{BASE}/status")
     assert max(topics.index(m.topic) for m in configs) < first_online
     states = [(m.topic, m.payload) for m in got if m.topic.endswith("/state")]
-    assert states[:2] == [(f"{BASE}/dog/state", "OFF"), (f"{BASE}/smoke_detector_smoke_alarm/state", "OFF")]
+    assert states[:2] == [(f"{BASE}/dog/state", "OFF"), (f"{BASE}/smoke-detector-smoke-alarm/state", "OFF")]
     assert states[2:4] == [(f"{BASE}/dog/state", "ON"), (f"{BASE}/dog/state", "OFF")]
     events = [m.json() for m in got if m.topic == f"{BASE}/events"]
     assert events == [{"type": "start", "node": NODE, **dog.to_dict()},

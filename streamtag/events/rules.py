@@ -21,8 +21,10 @@ from typing import Any, Sequence
 from streamtag.errors import StreamtagError
 from streamtag.labels import audioset_labels, canonical, parse_label_list, suggestion
 
-DEFAULTS: dict[str, float] = {"on": 0.5, "off": 0.35, "hold": 0.6, "min_duration": 0.0, "min_level": -70.0}
-RULE_KEYS = ("name", "labels", *DEFAULTS)
+DEFAULTS: dict[str, float] = {"on": 0.5, "off": 0.35, "hold": 0.6, "min_duration": 0.0, "min_level": -70.0,
+                               "cooldown": 0.0}
+SWITCHES: dict[str, bool] = {"notify": True}  # true/false keys: whether MQTT, webhooks and commands hear of it
+RULE_KEYS = ("name", "labels", *DEFAULTS, *SWITCHES)
 SPEC_HINT = "see docs/events.md"
 NAMES_HINT = "use an AudioSet class or ontology name (`streamtag labels QUERY` lists them)"
 
@@ -30,7 +32,9 @@ NAMES_HINT = "use an AudioSet class or ontology name (`streamtag labels QUERY` l
 @dataclass(frozen=True)
 class Rule:
     """One watched thing: `classes` are model output indices (the expanded `labels`), thresholds in score units,
-    durations in seconds, `min_level` in dBFS."""
+    durations in seconds, `min_level` in dBFS. `cooldown` and `notify` only concern notifications (streamtag/notify):
+    after a notified event of this rule ends, events starting within `cooldown` seconds are not notified, and
+    `notify: false` keeps every event of the rule off MQTT, webhooks and commands; the events are still logged."""
 
     name: str
     labels: tuple[str, ...]
@@ -40,6 +44,8 @@ class Rule:
     hold: float = DEFAULTS["hold"]
     min_duration: float = DEFAULTS["min_duration"]
     min_level: float = DEFAULTS["min_level"]
+    cooldown: float = DEFAULTS["cooldown"]
+    notify: bool = SWITCHES["notify"]
 
 
 # ---------------------------------------------------------------------------------------------- the ontology
@@ -117,7 +123,7 @@ def load_rules(spec: str, labels: Sequence[str] | None = None) -> list[Rule]:
     names = onto.names  # a label list may use any class or node name, commas inside names included
     rules = []
     for i in parse_label_list(text, names, "--events", hint=NAMES_HINT):
-        rules.append(_make_rule({"name": names[i], "labels": [names[i]]}, dict(DEFAULTS), "--events", labels))
+        rules.append(_make_rule({"name": names[i], "labels": [names[i]]}, {**DEFAULTS, **SWITCHES}, "--events", labels))
     return _checked_unique(rules, "--events")
 
 
@@ -141,13 +147,13 @@ def _rules_from_yaml(path: Path, labels: Sequence[str]) -> list[Rule]:
     unknown = sorted(str(k) for k in data if k not in ("defaults", "rules"))
     if unknown:
         raise StreamtagError(f"{where}: unknown key(s) {', '.join(unknown)}; the top level has `defaults` and `rules`")
-    defaults = dict(DEFAULTS)
+    defaults: dict[str, Any] = {**DEFAULTS, **SWITCHES}
     if data.get("defaults") is not None:
         given = _keys(data["defaults"], f"{where}: defaults")
-        bad = sorted(k for k in given if k not in DEFAULTS)
+        bad = sorted(k for k in given if k not in defaults)
         if bad:
             raise StreamtagError(f"{where}: defaults: unknown key(s) {', '.join(bad)}; "
-                                 f"known: {', '.join(DEFAULTS)}")
+                                 f"known: {', '.join(defaults)}")
         defaults.update(given)
     rules = [_make_rule(_keys(item, f"{where}: rule {n}"), defaults, f"{where}: rule {n}", labels)
              for n, item in enumerate(data["rules"], 1)]
@@ -168,7 +174,7 @@ def _keys(item: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def _make_rule(item: dict[str, Any], defaults: dict[str, float], where: str, labels: Sequence[str]) -> Rule:
+def _make_rule(item: dict[str, Any], defaults: dict[str, Any], where: str, labels: Sequence[str]) -> Rule:
     bad = sorted(k for k in item if k not in RULE_KEYS)
     if bad:
         raise StreamtagError(f"{where}: unknown key(s) {', '.join(bad)}; known: {', '.join(RULE_KEYS)}")
@@ -196,13 +202,18 @@ def _make_rule(item: dict[str, Any], defaults: dict[str, float], where: str, lab
         classes.update(resolve(label, where))
     if max(classes) >= len(labels):
         raise StreamtagError(f"{where}: the model has {len(labels)} outputs, fewer than the AudioSet classes named")
-    values = {}
+    values: dict[str, Any] = {}
     for key, default in defaults.items():
         value = item.get(key, default)
+        if key in SWITCHES:
+            if not isinstance(value, bool):
+                raise StreamtagError(f"{where}: {key}: {value!r} is not true or false")
+            values[key] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise StreamtagError(f"{where}: {key}: {value!r} is not a number")
         values[key] = float(value)
-    for key in ("hold", "min_duration"):
+    for key in ("hold", "min_duration", "cooldown"):
         if values[key] < 0:
             raise StreamtagError(f"{where}: {key}: {values[key]:g} is negative; durations are seconds ≥ 0")
     if not 0 <= values["off"] <= values["on"] <= 1:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import ssl
 import sys
 import threading
@@ -37,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 from streamtag import __version__
 from streamtag.errors import StreamtagError
 from streamtag.events.model import RuleHop
+from streamtag.events.rules import slug
 from streamtag.notify.base import DEFAULT_CAPACITY, Transport
 from streamtag.notify.notifier import Notification
 
@@ -100,11 +100,6 @@ def read_password(password_file: str | None) -> str | None:
     return os.environ.get(PASSWORD_ENV) or None
 
 
-def slug(name: str) -> str:
-    """A topic/object id for a rule or node name: lower case, runs of anything but a-z0-9 → `_`."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
 def import_paho() -> Any:
     try:
         import paho.mqtt.client as paho
@@ -136,21 +131,12 @@ class MqttTransport(Transport):
         paho = import_paho()
         self.url = url
         self.node = node
-        self.node_id = slug(node) or "streamtag"
+        self.node_id = slug(node)
         self.base = f"{url.prefix}/{self.node_id}"
         self.model = model
         self.discovery = discovery
         self.discovery_prefix = discovery_prefix.strip("/") or "homeassistant"
-        self.slugs: dict[str, str] = {}
-        for name in rules:
-            s = slug(name)
-            if not s:
-                raise StreamtagError(f"rule {name!r}: its name has no letter or digit for an MQTT topic; rename it",
-                                     2)
-            other = next((n for n, t in self.slugs.items() if t == s), None)
-            if other is not None:
-                raise StreamtagError(f"rules {other!r} and {name!r} both become MQTT topic {s!r}; rename one", 2)
-            self.slugs[name] = s
+        self.slugs = {name: slug(name) for name in rules}  # unique: load_rules refuses two rules of one slug
         self.states = {name: "OFF" for name in self.slugs}  # as last delivered: what a fresh connection republishes
         self._paho = paho
         self._connected = threading.Event()
