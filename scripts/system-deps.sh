@@ -6,6 +6,9 @@
 #                      a null sink + its monitor: real capture in tests without a microphone
 #   espeak-ng, sox     test and sample audio
 #   tmux               the dashboard test runs streamtag in a real terminal
+#   mosquitto, mosquitto-clients, openssl
+#                      a real MQTT broker (plain, password via mosquitto_passwd, TLS with a CA made by openssl)
+#                      and mosquitto_sub for the notify tests
 set -euo pipefail
 pkgs=()
 have_lib() { ldconfig -p 2>/dev/null | grep -q "$1"; }
@@ -18,6 +21,9 @@ command -v paplay >/dev/null     || pkgs+=(pulseaudio-utils)
 command -v espeak-ng >/dev/null  || pkgs+=(espeak-ng)
 command -v sox >/dev/null        || pkgs+=(sox)
 command -v tmux >/dev/null       || pkgs+=(tmux)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
+command -v mosquitto_sub >/dev/null || pkgs+=(mosquitto-clients)
+command -v openssl >/dev/null    || pkgs+=(openssl)
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "system-deps: installing ${pkgs[*]}"
