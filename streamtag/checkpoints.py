@@ -27,7 +27,7 @@ import numpy as np
 
 from streamtag.errors import StreamtagError
 from streamtag.safeload import ZIP_MAGIC, NotCheckpoint, NotPlain, extract_member, read_pickled, zlib_error
-from streamtag.utils import atomic_path, streamtag_home
+from streamtag.utils import atomic_path, file_sha256, streamtag_home
 
 ARCHS = ("cnn14", "cnn10", "cnn6")
 MIRROR_ENV = "STREAMTAG_MIRROR"  # base URL serving every registry file by its file name (tests, mirrors)
@@ -220,14 +220,6 @@ def read_checkpoint(path: str | os.PathLike, arch: str, label: str | None = None
 
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- download
 class _RichDownloadBar:
     """The progress-bar object pooch's HTTPDownloader drives (total/update/reset/close), drawn with rich."""
@@ -405,7 +397,7 @@ def _write_digest(file: Path, dest: Path) -> None:
     """A sidecar sha256 so a later run notices a cached file that changed on disk (bit rot, partial copy)."""
     from streamtag.utils import atomic_write_text
 
-    atomic_write_text(_digest_path(dest), file_sha256(file) + "\n")
+    atomic_write_text(_digest_path(dest), file_sha256(file, remember=False) + "\n")
 
 
 def _cached_state(entry: Checkpoint) -> tuple[dict[str, np.ndarray], str] | None:
@@ -437,6 +429,51 @@ def ensure_cached(entry: Checkpoint) -> Path:
 
 def is_cached(entry: Checkpoint) -> bool:
     return cache_path(entry).is_file()
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A checkpoint file of `arch` found on disk and its sha256, not yet read: a warm start whose exported graph is
+    cached never needs the tensors (hashing is enough, and the hash itself is remembered by file stamp)."""
+
+    arch: str
+    path: Path
+    sha256: str
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The verified Paddle-named state (reads and checks the whole file)."""
+        return read_checkpoint(self.path, self.arch)
+
+
+def locate_weights(arch: str, weights: str | os.PathLike | None = None) -> WeightsFile:
+    """The checkpoint `load_state` would read, without reading it: `weights` if given, else the arch's cached
+    registry file (the default entry first, then any other cached one, e.g. imported), fetching the default on
+    first use. A cached file whose sha256 no longer matches its sidecar is reported, removed and fetched again."""
+    if arch not in ARCHS:
+        raise StreamtagError(f"unknown model {arch!r}; choose one of {', '.join(ARCHS)}")
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            read_checkpoint(path, arch)  # the one-line error for a missing file or a directory
+        try:
+            return WeightsFile(arch, path, file_sha256(path))
+        except OSError as e:
+            raise StreamtagError(f"{path}: cannot read ({e.strerror or e}); check the path and permissions") from None
+    default = default_checkpoint(arch)
+    for entry in [default] + [c for c in REGISTRY.values() if c.arch == arch and c is not default]:
+        path = cache_path(entry)
+        if not path.is_file():
+            continue
+        digest = file_sha256(path)
+        expected = _digest_path(path).read_text().strip() if _digest_path(path).is_file() else None
+        if expected is None or expected == digest:
+            return WeightsFile(arch, path, digest)
+        _say(f"[yellow]warning:[/] cached {entry.name} failed verification ({path}: sha256 differs from when it "
+             "was cached); removing it and fetching again")
+        path.unlink(missing_ok=True)
+        _digest_path(path).unlink(missing_ok=True)
+    path = fetch(default)
+    return WeightsFile(arch, path, file_sha256(path))
 
 
 def load_state(arch: str, weights: str | os.PathLike | None = None) -> tuple[dict[str, np.ndarray], str]:

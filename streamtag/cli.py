@@ -39,6 +39,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def batch_size(text: str) -> int | str:
+    """`auto` or a whole number ≥ 1."""
+    return "auto" if str(text) == "auto" else positive_int(text)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (what is wrong, where to look), not the whole usage block."""
 
@@ -110,19 +115,23 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_tag(args: argparse.Namespace) -> int:
-    """Tag audio files into <output-dir>/<stem>.npz (issue: file tagging).
+    """Tag audio files, folders (--recursive) and --from-list files into <output-dir> (see corpus.py).
 
     Every file's header is checked before the model loads, so a typo fails in a moment; a bad file is reported on
-    one line and the others are still tagged; the exit code is 1 if any file failed.
+    one line and the others are still tagged; results already complete with the same model, weights and options
+    are skipped (--overwrite redoes them); the exit code is 1 if any file failed.
     """
-    import time
-    from pathlib import Path
+    import signal
 
-    from streamtag.audio import AudioReader
-    from streamtag.results import ensure_output_dir, save_result
-    from streamtag.tagging import realtime_factor, tag_file, window_sizes
+    from streamtag import corpus
+    from streamtag.checkpoints import locate_weights
+    from streamtag.results import ensure_output_dir
+    from streamtag.tagging import realtime_factor, window_sizes
 
     window_sizes(args.sample_duration, args.hop_duration)  # a bad duration fails before any file or model
+    if not args.files and args.from_list is None:
+        raise StreamtagError("no input: give audio files or folders, or --from-list FILE", exit_code=2)
+    sources, errors = corpus.collect_sources(args.files, args.recursive, args.from_list)
     plot_options = None
     if args.plot:
         from streamtag.plot import options_from, plot_result, require_matplotlib
@@ -130,37 +139,41 @@ def cmd_tag(args: argparse.Namespace) -> int:
         require_matplotlib()  # before hours of tagging, not after
         plot_options = options_from(command_defaults("plot"))
     out_dir = ensure_output_dir(args.output_dir)
-    failures, jobs, dests = 0, [], set()
-    for name in args.files:
-        try:
-            dest = out_dir / f"{Path(name).stem}.npz"
-            if dest in dests:
-                raise StreamtagError(f"{name}: another input already writes {dest}; tag files with the same name "
-                                     "into different --output-dir")
-            jobs.append((AudioReader(name), dest))
-            dests.add(dest)
-        except StreamtagError as e:
-            print(f"streamtag: error: {e}", file=sys.stderr)
-            failures += 1
-    if jobs:
+    weights = locate_weights(args.model, args.weights)
+    options = corpus.TagOptions(args.model, weights.sha256, args.sample_duration, args.hop_duration, args.pad,
+                                args.precision, args.embeddings)
+    plan = corpus.plan_jobs(sources, out_dir, options, overwrite=args.overwrite)
+    errors += plan.errors
+    for message in errors:
+        print(f"streamtag: error: {message}", file=sys.stderr)
+    if plan.done:
+        print(f"streamtag: {len(plan.done)} file(s) already tagged with these options, skipped "
+              "(--overwrite redoes them)", file=sys.stderr)
+    failures = len(errors)
+    # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: the file being written is removed, finished ones stay.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if plan.todo:
         from streamtag.engine import load_scorer
+        from streamtag.progress import CorpusProgress
+        from streamtag.tuning import resolve_batch_size
 
         scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
-        for reader, dest in jobs:
-            try:
-                began = time.perf_counter()
-                result = tag_file(reader, scorer, args.sample_duration, args.hop_duration, args.batch_size, args.pad)
-                save_result(dest, result)
-                took = time.perf_counter() - began
-                picture = ""
-                if plot_options is not None:
-                    picture = f", {plot_result(dest, plot_options, audio=reader.path)}"
-                print(f"{reader.path}: {result.duration:.1f} s, {len(result.time)} windows in {took:.1f} s "
-                      f"({realtime_factor(result.duration, took):.1f}× real time) → {dest}{picture}", flush=True)
-            except StreamtagError as e:
-                message = str(e) if str(reader.path) in str(e) else f"{reader.path}: {e}"
-                print(f"streamtag: error: {message}", file=sys.stderr)
-                failures += 1
+        batch_size = resolve_batch_size(args.batch_size, scorer, args.sample_duration)
+        with CorpusProgress(len(plan.todo), plan.seconds) as bar:
+            for outcome in corpus.run_jobs(plan.todo, scorer, batch_size, lambda job, s: bar.advance(s)):
+                bar.finished(outcome.ok)
+                try:
+                    if not outcome.ok:
+                        raise StreamtagError(outcome.error)
+                    picture = ""
+                    if plot_options is not None:
+                        picture = f", {plot_result(outcome.job.output, plot_options, audio=outcome.job.input)}"
+                    print(f"{outcome.job.input}: {outcome.duration:.1f} s, {outcome.windows} windows in "
+                          f"{outcome.seconds:.1f} s ({realtime_factor(outcome.duration, outcome.seconds):.1f}× "
+                          f"real time) → {outcome.job.output}{picture}", flush=True)
+                except StreamtagError as e:
+                    print(f"streamtag: error: {e}", file=sys.stderr, flush=True)
+                    failures += 1
     return 1 if failures else 0
 
 
@@ -395,12 +408,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamtag {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _subcommand(sub, "tag", cmd_tag, "tag audio files: one .npz of window scores per file")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = _subcommand(sub, "tag", cmd_tag, "tag audio files and folders: one .npz of window scores per file")
+    p.add_argument("files", nargs="*", metavar="PATH", help="audio files, and folders of them")
+    p.add_argument("--recursive", action=argparse.BooleanOptionalAction,
+                   help="also tag the audio files in subfolders of the folders given")
+    p.add_argument("--from-list", metavar="FILE", help="also tag the paths listed in FILE, one per line (- = stdin)")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction,
+                   help="redo files whose result is already complete with the same model, weights and options")
+    p.add_argument("--embeddings", action=argparse.BooleanOptionalAction,
+                   help="also store each window's embedding (2048 values for cnn14, 512 for cnn10/cnn6)")
     add_model_options(p)
     add_window_options(p)
-    p.add_argument("--output-dir", metavar="DIR", help="where .npz results go (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", help="windows per model call (default: %(default)s)")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="where .npz results go; files found in a folder keep their subfolders (default: %(default)s)")
+    p.add_argument("--batch-size", type=batch_size, metavar="N|auto",
+                   help="windows per model call; auto = the fastest measured here (default: %(default)s)")
     p.add_argument("--pad", action=argparse.BooleanOptionalAction,
                    help="zero-pad the last windows as the seed does; --no-pad keeps full windows only")
     p.add_argument("--plot", action=argparse.BooleanOptionalAction,

@@ -26,14 +26,16 @@ import threading
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 
 from streamtag.errors import StreamtagError
-from streamtag.utils import streamtag_home
+from streamtag.utils import file_sha256, streamtag_home
 
 
+# A state dict (Paddle names), or a function reading it: a warm start whose export is cached never calls it.
+State = Union[dict, Callable[[], dict]]
 ENGINES = ("inference", "eager")
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -293,14 +295,6 @@ def tensorrt_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- export cache
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _models_digest() -> str:
     """The model code is part of the export key: a change to models.py must not reuse an old graph."""
     from streamtag import models
@@ -323,7 +317,7 @@ def verify_export(entry: Path) -> bool:
         files = manifest["files"]
         if set(files) != {"model.json", "model.pdiparams"}:
             return False
-        return all(_sha256(entry / name) == digest for name, digest in files.items())
+        return all(file_sha256(entry / name) == digest for name, digest in files.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
@@ -394,7 +388,7 @@ def _export(arch: str, state: dict[str, np.ndarray], weights_sha256: str, dest: 
         raise
     finally:
         log.close()
-    files = {name: _sha256(dest / name) for name in ("model.json", "model.pdiparams")}
+    files = {name: file_sha256(dest / name, remember=False) for name in ("model.json", "model.pdiparams")}
     manifest = {"arch": arch, "weights_sha256": weights_sha256, "paddle": paddle.__version__,
                 "format": EXPORT_FORMAT, "files": files}
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
@@ -417,7 +411,11 @@ def _install(built: Path, final: Path) -> None:
             raise
 
 
-def exported_model(arch: str, state: dict[str, np.ndarray], weights_sha256: str, broken: str | None = None) -> Path:
+def _state(state: State) -> dict[str, np.ndarray]:
+    return state() if callable(state) else state
+
+
+def exported_model(arch: str, state: State, weights_sha256: str, broken: str | None = None) -> Path:
     """The cache directory holding the exported graph of (arch, weights), built as needed.
 
     A corrupt entry (or one the caller found `broken`, with that reason) is rebuilt with one line of notice.
@@ -436,7 +434,7 @@ def exported_model(arch: str, state: dict[str, np.ndarray], weights_sha256: str,
         root.mkdir(parents=True, exist_ok=True)
         built = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=root))
         try:
-            _export(arch, state, weights_sha256, built)
+            _export(arch, _state(state), weights_sha256, built)
             built.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as the rest of the home
             if broken and verify_export(final):
                 # It verifies but failed to load: move it aside so that _install does not keep it.
@@ -458,7 +456,7 @@ def _discard(entry: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _predictor_scorer(arch: str, state: dict[str, np.ndarray], weights_sha256: str, device: str, threads: int,
+def _predictor_scorer(arch: str, state: State, weights_sha256: str, device: str, threads: int,
                       precision: str) -> PredictorScorer:
     """Load the cached export; an entry that verifies but still fails to load is rebuilt once."""
     entry = exported_model(arch, state, weights_sha256)
@@ -476,9 +474,12 @@ def _predictor_scorer(arch: str, state: dict[str, np.ndarray], weights_sha256: s
 
 
 # ---------------------------------------------------------------------------------------------- entry points
-def make_scorer(arch: str, state: dict[str, np.ndarray], weights_sha256: str, device: str = "auto",
+def make_scorer(arch: str, state: State, weights_sha256: str, device: str = "auto",
                 engine: str = "inference", threads: int | None = None, precision: str = "fp32") -> Scorer:
-    """A Scorer over an already loaded state dict (Paddle names); `weights_sha256` keys the export cache."""
+    """A Scorer over a state dict (Paddle names) or a function reading one; `weights_sha256` keys the export cache.
+
+    With the inference engine and a cached export the state is never read: the predictor loads the exported
+    graph's own parameters, and no Paddle layer is built."""
     if engine not in ENGINES:
         raise StreamtagError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if precision not in PRECISIONS:
@@ -497,17 +498,17 @@ def make_scorer(arch: str, state: dict[str, np.ndarray], weights_sha256: str, de
         notice(f"{precision} is for the inference engine; the eager engine scores in fp32")
         precision = "fp32"
     if engine == "eager":
-        return EagerScorer(arch, state, device, threads, precision)
+        return EagerScorer(arch, _state(state), device, threads, precision)
     return _predictor_scorer(arch, state, weights_sha256, device, threads, precision)
 
 
 def load_scorer(model: str = "cnn14", weights: str | None = None, device: str = "auto", engine: str = "inference",
                 threads: int | None = None, precision: str = "fp32") -> Scorer:
-    """The Scorer every command uses: resolves the checkpoint (registry default or `weights`), then the engine."""
-    from streamtag.checkpoints import load_state
-    from streamtag.models import ARCHS
+    """The Scorer every command uses: resolves the checkpoint (registry default or `weights`), then the engine.
 
-    if model not in ARCHS:
-        raise StreamtagError(f"unknown model {model!r}; choose one of {', '.join(ARCHS)}")
-    state, weights_sha256 = load_state(model, weights)
-    return make_scorer(model, state, weights_sha256, device, engine, threads, precision)
+    The checkpoint is only hashed here (the hash is remembered by file stamp); it is read only to export or for the
+    eager engine."""
+    from streamtag.checkpoints import locate_weights
+
+    found = locate_weights(model, weights)
+    return make_scorer(model, found.state, found.sha256, device, engine, threads, precision)

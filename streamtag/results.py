@@ -28,6 +28,9 @@ from streamtag.errors import StreamtagError
 from streamtag.utils import atomic_path
 
 TIME_FORMATS = ("seconds", "ratio")
+# Written by `tag` so a later run can tell the result is done (corpus.is_done): `complete` (bool), `weights_sha256`,
+# `options_sha256` and `options` (the JSON they hash). A file without them is never considered done.
+STAMP_KEYS = ("complete", "weights_sha256", "options_sha256", "options")
 
 
 @dataclass
@@ -49,6 +52,8 @@ class TagResult:
     level: np.ndarray | None = None  # float32 [N], each window's RMS level in dBFS (None: a file from before it)
     source: str = ""                 # what was scored: the input file, or the live device
     wall_clock: float | None = None  # POSIX time of the first sample (live sessions only)
+    embedding: np.ndarray | None = None  # float32 [N, D] (2048 CNN14, 512 CNN6/10) with `tag --embeddings`
+    stamp: dict = field(default_factory=dict)  # what the resume rule needs (corpus.TagOptions.stamp): STAMP_KEYS
 
     def times(self, time_format: str = "seconds") -> np.ndarray:
         """The time line values: seconds, or t/T ("ratio", what the seed printed).
@@ -89,6 +94,15 @@ def save_result(path: str | os.PathLike, result: TagResult) -> Path:
         arrays["level"] = level
     if result.wall_clock is not None:
         arrays["wall_clock"] = np.float64(result.wall_clock)
+    if result.embedding is not None:
+        embedding = np.asarray(result.embedding, dtype=np.float32)
+        if embedding.ndim != 2 or embedding.shape[0] != scores.shape[0]:
+            raise ValueError(f"embedding {embedding.shape} does not have one row per window ({scores.shape[0]})")
+        arrays["embedding"] = embedding
+    for key in STAMP_KEYS:
+        if key in result.stamp:
+            value = result.stamp[key]
+            arrays[key] = np.bool_(value) if isinstance(value, bool) else np.str_(value)
     try:
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, **arrays)
@@ -146,6 +160,11 @@ def load_result(path: str | os.PathLike) -> TagResult:
     if level is not None and (level.shape != time.shape or not np.issubdtype(level.dtype, np.number)):
         raise StreamtagError(f"{path}: `level` {level.shape} does not match `time` {time.shape}; {hint}")
     wall_clock = scalar("wall_clock", float, None)
+    embedding = data.get("embedding")
+    if embedding is not None and (embedding.ndim != 2 or embedding.shape[0] != scores.shape[0]
+                                  or not np.issubdtype(embedding.dtype, np.floating)):
+        raise StreamtagError(f"{path}: `embedding` {embedding.shape} ({embedding.dtype}) is not one float row per "
+                             f"window ({scores.shape[0]}); {hint}")
     return TagResult(
         time=time,
         scores=scores,
@@ -158,7 +177,31 @@ def load_result(path: str | os.PathLike) -> TagResult:
         level=None if level is None else level.astype(np.float32, copy=False),
         source=scalar("source", str, ""),
         wall_clock=wall_clock if wall_clock is not None and math.isfinite(wall_clock) else None,
+        embedding=embedding,
+        stamp=_stamp(data),
     )
+
+
+def _stamp(data) -> dict:
+    """The STAMP_KEYS present in an opened npz (scalars only; anything malformed is left out)."""
+    stamp = {}
+    for key in STAMP_KEYS:
+        if key in data and data[key].size == 1 and data[key].dtype.kind in "bU":
+            stamp[key] = data[key].reshape(()).item()
+    return stamp
+
+
+def read_stamp(path: str | os.PathLike) -> dict | None:
+    """The stamp and `model` of the result at `path` without reading its scores; None when there is no readable
+    result there. For the resume rule, which looks at every output of a corpus before tagging anything."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stamp = _stamp(npz)
+            if "model" in npz.files and npz["model"].dtype.kind == "U" and npz["model"].size == 1:
+                stamp["model"] = str(npz["model"].reshape(()).item())
+            return stamp
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError):
+        return None
 
 
 def _one_line(e: BaseException) -> str:

@@ -14,6 +14,7 @@ from seeded import seeded_state, write_seeded_pdparams
 
 from streamtag import engine
 from streamtag.errors import StreamtagError
+from streamtag.utils import file_sha256
 
 FIXTURES = Path(__file__).parent / "fixtures" / "panns"
 REFERENCE = np.load(FIXTURES / "reference.npz")
@@ -91,7 +92,7 @@ def test_corrupt_cache_entry_is_rebuilt(damage: str, home: Path, capfd: pytest.C
     else:  # files that verify against their manifest but do not load: the predictor's failure triggers the rebuild
         graph.write_text("{not a graph", encoding="utf-8")
         files = json.loads(manifest.read_text())
-        files["files"]["model.json"] = engine._sha256(graph)
+        files["files"]["model.json"] = file_sha256(graph)
         manifest.write_text(json.dumps(files))
     capfd.readouterr()
 
