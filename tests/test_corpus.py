@@ -153,11 +153,11 @@ def test_an_interrupted_run_resumes(tmp_path, model, cli_env):
                                 text=True)
         deadline = time.monotonic() + 240
         # once two files are done, the third is mid-batch: stop it there
-        while proc.poll() is None and time.monotonic() < deadline and len(list(out.glob("*.npz"))) < 2:
+        while proc.poll() is None and time.monotonic() < deadline and len(results(out)) < 2:
             time.sleep(0.02)
         proc.send_signal(sig)
         proc.communicate(timeout=60)
-        done = sorted(p.name for p in out.glob("*.npz"))
+        done = results(out)
         for name in done:
             assert load_result(out / name).scores.shape[0] == 20  # complete: ⌈6 s / 0.3 s⌉ windows
         hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
@@ -167,7 +167,12 @@ def test_an_interrupted_run_resumes(tmp_path, model, cli_env):
         assert rest.returncode == 0, rest.stderr
         redone = [line.split(":")[0] for line in rest.stdout.splitlines()]
         assert len(redone) == 12 - len(done) and not {Path(r).stem + ".npz" for r in redone} & set(done)
-        assert sorted(p.name for p in out.glob("*.npz")) == [f"f{i:02d}.npz" for i in range(12)]
+        assert results(out) == [f"f{i:02d}.npz" for i in range(12)]
+
+
+def results(folder: Path) -> list[str]:
+    """The result files in `folder` (not the hidden temp file of one being written)."""
+    return sorted(p.name for p in folder.glob("*.npz") if not p.name.startswith(".")) if folder.exists() else []
 
 
 # ---------------------------------------------------------------------------------------------- executor
