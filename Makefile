@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-$(DEVICE)
 SAMPLE  ?= samples/sample.wav
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run test bench clean sync-configs fuzz
+.PHONY: install system-deps run test bench clean sync-configs fuzz plot-sample
 
 install: $(STAMP)
 
@@ -51,3 +51,20 @@ clean:
 # them identical). After editing configs/*.yaml, run this.
 sync-configs:
 	cp configs/*.yaml streamtag/configs/
+
+# The README's picture (docs/images/sample.png): the shipped sample tagged by CNN6 with the tests' seeded weights
+# (tests/seeded.py: real weights cannot be downloaded where this project is built, so the scores mean nothing yet),
+# events detected on the fly, drawn by `streamtag plot`. With real weights: MODEL=cnn14 PLOT_WEIGHTS=FILE.
+PLOT_WEIGHTS ?=
+PLOT_MODEL   ?= cnn6
+plot-sample: install
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && weights="$(PLOT_WEIGHTS)" && \
+	if [ -z "$$weights" ]; then weights="$$tmp/cnn6-seeded.pdparams"; \
+	  $(PY) -c "import sys; sys.path.insert(0, 'tests'); from seeded import write_seeded_pdparams; \
+	            write_seeded_pdparams('cnn6', sys.argv[1])" "$$weights"; fi && \
+	STREAMTAG_HOME=$$tmp $(PY) -m streamtag tag $(SAMPLE) --model $(PLOT_MODEL) --weights "$$weights" \
+	  --engine eager --output-dir $$tmp && \
+	$(PY) -m streamtag plot $$tmp/$$(basename $(SAMPLE) .wav).npz --audio $(SAMPLE) --events 'Speech,Siren,Alarm' \
+	  --width 1200 --height 640 --output-dir $$tmp && \
+	mkdir -p docs/images && cp $$tmp/$$(basename $(SAMPLE) .wav).png docs/images/sample.png && \
+	echo "wrote docs/images/sample.png"

@@ -65,7 +65,6 @@ class Spectrogram:
     mel: np.ndarray
     start: float
     step: float
-    duration: float  # seconds of audio
 
 
 def require_matplotlib() -> Any:
@@ -244,7 +243,7 @@ def log_mel_image(audio: str | os.PathLike, columns: int, block_frames: int = SP
         compute(min(last, next_frame + block_frames), at_end=next_frame + block_frames >= last)
     mel = np.concatenate(pooled, axis=1) if pooled else np.zeros((64, 0), np.float32)
     frame_s = FRAME_HOP / RATE
-    return Spectrogram(mel=mel, start=-frame_s / 2, step=group * frame_s, duration=total / RATE)
+    return Spectrogram(mel=mel, start=-frame_s / 2, step=group * frame_s)
 
 
 # ---------------------------------------------------------------------------------------------- time axis
@@ -408,7 +407,8 @@ def draw(result: TagResult, dest: str | os.PathLike, options: PlotOptions, audio
     x0, x1 = 0.0, duration
     columns = max(1, min(pixels, math.floor((x1 - x0) / hop)))  # bins at least a hop wide: none falls between
     step = (x1 - x0) / columns
-    centres = np.asarray(result.time, dtype=np.float64) + window / 2  # padded windows centred past the end: dropped
+    starts = np.asarray(result.time, dtype=np.float64)
+    centres = starts + np.clip(x1 - starts, 0.0, window) / 2  # the middle of the audio each window holds
 
     heat = fill_edges(bin_max(centres, scores[:, order], x0, step, columns)).T
     score_ax.imshow(np.ma.masked_invalid(heat), aspect="auto", interpolation="nearest", cmap="viridis",

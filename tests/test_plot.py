@@ -142,6 +142,16 @@ def test_two_hours_of_scores_only(tmp_path):
     np.testing.assert_array_equal(load_result(tmp_path / "long.npz").scores, before)
 
 
+def test_a_seed_npz_and_a_file_shorter_than_a_window(tmp_path):
+    """The seed's own npz (time as t/T, scores only) and a 0.5 s file (one padded 2 s window) still draw."""
+    np.savez(tmp_path / "seed.npz", time=np.arange(10) / 10, scores=np.random.default_rng(0).random((10, 527)))
+    assert_picture(plot_result(tmp_path / "seed.npz", PlotOptions()))
+    short = TagResult(time=np.zeros(1), scores=np.full((1, 527), 0.9, np.float32), duration=0.5, sample_rate=32000,
+                      model="cnn6", sample_duration=2.0, hop_duration=0.3, labels=LABELS)
+    save_result(tmp_path / "short.npz", short)
+    assert near(assert_picture(plot_result(tmp_path / "short.npz", PlotOptions())), (189, 223, 38), 10) > 10000
+
+
 def test_missing_matplotlib_is_one_line_naming_the_extra(tmp_path, model, cli_env):
     blocker = tmp_path / "site"
     blocker.mkdir()
