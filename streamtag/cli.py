@@ -29,6 +29,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -111,6 +121,16 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action=argparse.BooleanOptionalAction, help="one JSON object per hop on stdout")
     p.add_argument("--only", metavar="LABEL,...", help="show only these labels")
     p.add_argument("--ignore", metavar="LABEL,...", help="never show these labels")
+    g = p.add_argument_group("events (docs/events.md)")
+    g.add_argument("--events", metavar="SPEC", help="detect sound events: a YAML rules file or comma-separated "
+                                                    "AudioSet labels/ontology nodes")
+    g.add_argument("--events-db", metavar="PATH", help="the SQLite event log (default: $STREAMTAG_HOME/events.sqlite)")
+    g.add_argument("--clips", metavar="DIR", help="save each event's audio as a 32 kHz WAV in DIR")
+    g.add_argument("--pre-roll", type=non_negative_float, metavar="S",
+                   help="seconds of audio before the onset in a clip (default: %(default)s)")
+    g.add_argument("--post-roll", type=non_negative_float, metavar="S",
+                   help="seconds of audio after the offset in a clip (default: %(default)s)")
+    g.add_argument("--clip-max", type=positive_float, metavar="S", help="longest clip, seconds (default: %(default)s)")
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -231,12 +251,12 @@ def cmd_live(args: argparse.Namespace) -> int:
     """Tag the microphone live: capture → ring buffer → inference thread → dashboard / recording."""
     from streamtag.engine import load_scorer
     from streamtag.labels import audioset_labels
-    from streamtag.stream.session import run_session, stream_options
+    from streamtag.stream.session import clip_seconds, run_session, stream_options
     from streamtag.stream.sources import MicSource, ring_seconds
 
     labels = audioset_labels()
     options = stream_options(args, labels)  # label names are checked before the device is touched
-    source = MicSource(args.input_device, ring_seconds(args.sample_duration, args.hop_duration))
+    source = MicSource(args.input_device, ring_seconds(args.sample_duration, args.hop_duration, clip_seconds(options)))
     scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
     run_session(source, scorer, labels, options, title=f"live · {source.name}")
     return 0
@@ -246,13 +266,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Replay a file through the live path, paced at --speed x real time or --fast (no hop dropped)."""
     from streamtag.engine import load_scorer
     from streamtag.labels import audioset_labels
-    from streamtag.stream.session import run_session, stream_options
+    from streamtag.stream.session import clip_seconds, run_session, stream_options
     from streamtag.stream.sources import FileSource, ring_seconds
 
     labels = audioset_labels()
     options = stream_options(args, labels)
     source = FileSource(args.file, speed=args.speed, fast=args.fast, limit_seconds=args.duration,
-                        ring_seconds=ring_seconds(args.sample_duration, args.hop_duration))
+                        ring_seconds=ring_seconds(args.sample_duration, args.hop_duration, clip_seconds(options)))
     scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
     pace = "fast" if args.fast else f"×{args.speed:g}"
     run_session(source, scorer, labels, options, title=f"replay · {os.path.basename(args.file)} · {pace}")
@@ -280,11 +300,16 @@ def cmd_events(args: argparse.Namespace) -> int:
     from streamtag.events.output import format_events
 
     if args.events_command == "detect":
+        import math
+
         from streamtag.events.detector import detect
         from streamtag.events.rules import load_rules
         from streamtag.results import load_result
 
         result = load_result(args.file)
+        if not (math.isfinite(result.sample_duration) and math.isfinite(result.hop_duration)):
+            raise StreamtagError(f"{args.file}: no window/hop durations stored (a seed npz?); tag the audio again "
+                                 "with `streamtag tag` to detect events in it")
         rules = load_rules(args.events, result.labels or None)
         if not result.labels:
             from streamtag.labels import audioset_labels

@@ -8,6 +8,7 @@ misspelt name).
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -20,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from streamtag.errors import StreamtagError
+from streamtag.events.model import Event, RuleHop
 from streamtag.labels import parse_label_list
 from streamtag.stream.pipeline import HISTORY_SECONDS, SILENCE_DB, PipelineState
 
@@ -28,6 +30,7 @@ BAR_CELLS = 20
 LEVEL_CELLS = 20
 LEVEL_FLOOR_DB = -60.0
 SPARK_CELLS = 20  # one cell per second of HISTORY_SECONDS
+EVENT_ROWS = 5  # the events pane: active events first, then the last finished ones, always this many lines
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 _SPARKS = "▁▂▃▄▅▆▇█"
 
@@ -43,6 +46,66 @@ class DashboardView:
     labels: tuple[str, ...]
     mask: np.ndarray | None = None  # True = may be shown
     smoothed: bool = True
+
+
+# ------------------------------------------------------------------------------------------------ events pane
+@dataclass(frozen=True)
+class BoardState:
+    """What the events pane shows; replaced whole after each hop, like PipelineState."""
+
+    active: tuple[tuple[str, float, float, float], ...] = ()  # label, since (stream seconds), score, peak
+    recent: tuple[Event, ...] = ()                             # the last finished, newest first
+    started: int = 0
+    finished: int = 0
+
+
+class EventBoard:
+    """An EventListener that keeps the events pane's `state` (called on the inference thread; only swaps a
+    snapshot the screen thread reads)."""
+
+    def __init__(self, keep: int = EVENT_ROWS):
+        self.state = BoardState()
+        self._active: dict[str, Event] = {}
+        self._recent: collections.deque[Event] = collections.deque(maxlen=keep)
+        self._started = self._finished = 0
+
+    def event_started(self, event: Event) -> None:
+        self._active[event.id] = event
+        self._started += 1
+
+    def event_ended(self, event: Event) -> None:
+        self._active.pop(event.id, None)
+        self._recent.appendleft(event)
+        self._finished += 1
+        active = tuple(a for a in self.state.active if a[0] != event.label)
+        self.state = BoardState(active, tuple(self._recent), self._started, self._finished)
+
+    def hop(self, time: float, level_db: float, rules: Sequence[RuleHop]) -> None:
+        hops = rules.active() if hasattr(rules, "active") else [r for r in rules if r.active]
+        active = tuple((r.rule, self._active[r.event_id].start, r.score, r.peak or r.score)
+                       for r in hops if r.event_id in self._active)
+        self.state = BoardState(active, tuple(self._recent), self._started, self._finished)
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+def event_rows(board: BoardState) -> list[Text]:
+    """EVENT_ROWS lines: `▶ label  since 00:12.3  now 0.62  peak 0.81` for active events, then
+    `✓ 08:14:02 label  3.2 s  peak 0.81` for the last finished (clock time when live, else stream time)."""
+    rows: list[Text] = []
+    for label, since, score, peak in board.active[:EVENT_ROWS]:
+        rows.append(Text.assemble(("▶ ", "bold red"), (f"{label[:34]:<34}", "bold"),
+                                  f" since {clock(since):>9}  now {score:.2f}  peak {peak:.2f}"))
+    for e in board.recent[:EVENT_ROWS - len(rows)]:
+        when = e.wall_start[11:19] if e.wall_start else clock(e.start)
+        length = 0.0 if e.end is None else e.end - e.start
+        rows.append(Text.assemble(("✓ ", "green"), f"{when:>9} ", (f"{e.label[:34]:<34}", ""),
+                                  f" {length:6.1f} s  peak {e.peak:.2f}"))
+    if not rows:
+        rows.append(Text("no events yet", style="dim"))
+    rows += [Text("")] * (EVENT_ROWS - len(rows))
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ drawing
@@ -101,22 +164,23 @@ def _level_fraction(db: float) -> float:
     return (db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB
 
 
-def render(state: PipelineState, view: DashboardView) -> RenderableType:
-    """The whole screen for one snapshot (pure: same state, view and terminal width, same picture)."""
-    return _Screen(state, view)
+def render(state: PipelineState, view: DashboardView, board: BoardState | None = None) -> RenderableType:
+    """The whole screen for one snapshot (pure: same state, view, board and terminal width, same picture); `board`
+    adds the events pane (--events)."""
+    return _Screen(state, view, board)
 
 
 class _Screen:
     """Chooses the layout by the width rich offers: with sparklines at 80 columns and more, without below."""
 
-    def __init__(self, state: PipelineState, view: DashboardView):
-        self.state, self.view = state, view
+    def __init__(self, state: PipelineState, view: DashboardView, board: BoardState | None = None):
+        self.state, self.view, self.board = state, view, board
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield _panel(self.state, self.view, sparklines=options.max_width >= WIDTH)
+        yield _panel(self.state, self.view, self.board, sparklines=options.max_width >= WIDTH)
 
 
-def _panel(state: PipelineState, view: DashboardView, sparklines: bool) -> RenderableType:
+def _panel(state: PipelineState, view: DashboardView, board: BoardState | None, sparklines: bool) -> RenderableType:
     end = state.history[-1].time if state.history else 0.0
     times = [r.time for r in state.history]
     info = Table.grid(padding=(0, 1))
@@ -143,6 +207,8 @@ def _panel(state: PipelineState, view: DashboardView, sparklines: bool) -> Rende
                          f"overflows {state.overflows} · overruns {state.overruns}")
     status = "" if state.running else " · stopped"
     info.add_row("elapsed", f"{clock(state.wall_seconds)} · audio {clock(state.audio_seconds)}{status}")
+    if board is not None:
+        info.add_row("events", f"{len(board.active)} active · {board.finished} finished")
 
     table = Table(expand=True, box=None, padding=(0, 1), show_edge=False)
     table.add_column("label", ratio=1, no_wrap=True, overflow="ellipsis")
@@ -160,21 +226,24 @@ def _panel(state: PipelineState, view: DashboardView, sparklines: bool) -> Rende
     for _ in range(view.top_k - len(rows)):  # keep the height steady while the first window fills
         table.add_row(Text("waiting for a window…" if not rows and _ == 0 else "", style="dim"),
                       *[""] * (len(table.columns) - 1))
+    parts: list[RenderableType] = [info, Text(""), table]
+    if board is not None:
+        parts += [Text(""), *(Text.assemble(" ", row, no_wrap=True, overflow="ellipsis") for row in event_rows(board))]
     title = f"[bold]streamtag[/] · {view.title}"
-    return Constrain(Panel(Group(info, Text(""), table), title=title, title_align="left", border_style="blue"),
-                     width=WIDTH)
+    return Constrain(Panel(Group(*parts), title=title, title_align="left", border_style="blue"), width=WIDTH)
 
 
 class Dashboard:
     """Redraw `render(get_state(), view)` at `refresh_per_second` on rich's own thread while the block runs."""
 
     def __init__(self, view: DashboardView, get_state: Callable[[], PipelineState], console: Console | None = None,
-                 refresh_per_second: float = 4.0):
+                 refresh_per_second: float = 4.0, board: EventBoard | None = None):
         self.view = view
         self._get_state = get_state
         self._live = Live(console=console or Console(), refresh_per_second=refresh_per_second, transient=False,
                           redirect_stdout=False, redirect_stderr=False,
-                          get_renderable=lambda: render(self._get_state(), self.view))
+                          get_renderable=lambda: render(self._get_state(), self.view,
+                                                        board.state if board is not None else None))
 
     def __enter__(self) -> "Dashboard":
         self._live.start(refresh=True)

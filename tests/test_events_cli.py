@@ -24,12 +24,13 @@ RULE = "Female singing"
 BURSTS = ((3.0, 6.0), (10.0, 11.0), (14.0, 18.0))  # seconds of tone; silence elsewhere
 
 
-def make_bursts(path: Path, seconds: float = 20.0, rate: int = SR) -> Path:
-    """440 Hz tone bursts with a little noise over digital silence (16-bit PCM)."""
+def make_bursts(path: Path, seconds: float = 20.0, rate: int = SR, bursts=BURSTS) -> Path:
+    """440 Hz tone bursts with a little noise (the noise is what the seeded model reacts to) over digital silence
+    (16-bit PCM)."""
     t = np.arange(int(seconds * rate)) / rate
     x = np.zeros_like(t)
     rng = np.random.default_rng(0)
-    for a, b in BURSTS:
+    for a, b in bursts:
         m = (t >= a) & (t < b)
         x[m] = 0.4 * np.sin(2 * np.pi * 440 * t[m]) + 0.05 * rng.standard_normal(m.sum())
     sf.write(path, x.astype(np.float32), rate, subtype="PCM_16")

@@ -66,8 +66,10 @@ class HopRules(Sequence[RuleHop]):
 
     Holds its own copies of the arrays, so a listener may keep it after the call."""
 
-    def __init__(self, names: Sequence[str], scores: np.ndarray, ids: list[str | None], peaks: np.ndarray):
+    def __init__(self, names: Sequence[str], scores: np.ndarray, ids: list[str | None], peaks: np.ndarray,
+                 active: list[int]):
         self._names, self._scores, self._ids, self._peaks = names, scores, ids, peaks
+        self._active = active
 
     def __len__(self) -> int:
         return len(self._names)
@@ -89,7 +91,7 @@ class HopRules(Sequence[RuleHop]):
 
     def active(self) -> list[RuleHop]:
         """Only the rules with an announced event (cheap: what a screen or an MQTT state needs)."""
-        return [self[i] for i, e in enumerate(self._ids) if e is not None]
+        return [self[i] for i in self._active]
 
 
 @dataclass
@@ -166,7 +168,8 @@ class Detector:
         for r in np.flatnonzero(wanted).tolist():
             self._step(r, float(scores[r]), row, t, e)
         if self.listeners:
-            rules = HopRules(self.names, scores.copy(), list(self._ids), self._peaks.copy())
+            announced = sorted(r for r, st in self._state.items() if st.event is not None)
+            rules = HopRules(self.names, scores, list(self._ids), self._peaks.copy(), announced)
             for listener in self.listeners:
                 listener.hop(t, float(level_db), rules)
 

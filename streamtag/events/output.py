@@ -1,4 +1,5 @@
-"""Events as text: a table for people, JSON lines and CSV for programs (`events detect`, `events list`).
+"""Events as text: a table for people, JSON lines and CSV for programs (`events detect`, `events list`), and the
+two text listeners of a session: `--json` event objects and `--record`'s PREFIX.events.jsonl.
 
 Every format carries `Event.to_dict()`'s fields under their own names; CSV joins `classes` with "; " (class names may
 hold commas, which CSV quoting keeps).
@@ -9,10 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Sequence
+import os
+import sys
+from pathlib import Path
+from typing import IO, Sequence
 
 from streamtag.errors import StreamtagError
-from streamtag.events.model import FIELDS, Event
+from streamtag.events.model import FIELDS, Event, RuleHop
+from streamtag.utils import atomic_write_text
 
 FORMATS = ("table", "jsonl", "csv")
 
@@ -60,3 +65,66 @@ def table(events: Sequence[Event]) -> str:
         cells = [r[i].rjust(w) if i in right else r[i].ljust(w) for i, w in enumerate(widths)]
         lines.append("  ".join(cells + [r[-1]]).rstrip())
     return "\n".join(lines) + "\n"
+
+
+class JsonEvents:
+    """`--json`: `{"type": "event_start"|"event_end", ...event}` objects on the stream the hop objects go to (hop
+    objects have no `type`), written in stream order right after the hop that started or ended the event."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream or sys.stdout
+
+    def _write(self, kind: str, event: Event) -> None:
+        self.stream.write(json.dumps({"type": kind, **event.to_dict()}, ensure_ascii=False) + "\n")
+        self.stream.flush()
+
+    def event_started(self, event: Event) -> None:
+        self._write("event_start", event)
+
+    def event_ended(self, event: Event) -> None:
+        self._write("event_end", event)
+
+    def hop(self, time: float, level_db: float, rules: Sequence[RuleHop]) -> None:
+        pass
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+class RecordedEvents:
+    """`--record PREFIX` with events: PREFIX.events.jsonl, one `Event.to_dict()` per finished event.
+
+    The inference thread only appends to a list; `flush` (main thread, beside the recorder's) rewrites the file
+    atomically when events were added, so a reader never sees half a line."""
+
+    def __init__(self, prefix: str | os.PathLike):
+        prefix = str(prefix)
+        for suffix in (".npz", ".txt"):
+            if prefix.endswith(suffix):
+                prefix = prefix[: -len(suffix)]
+        self.path = Path(prefix + ".events.jsonl")
+        self.events: list[Event] = []
+        self._written = -1
+
+    def event_started(self, event: Event) -> None:
+        pass
+
+    def event_ended(self, event: Event) -> None:
+        self.events.append(event)
+
+    def hop(self, time: float, level_db: float, rules: Sequence[RuleHop]) -> None:
+        pass
+
+    def flush(self) -> None:
+        n = len(self.events)
+        if n == self._written:
+            return
+        try:
+            atomic_write_text(self.path, format_events(self.events[:n], "jsonl"))
+        except OSError as e:
+            raise StreamtagError(f"--record: cannot write {self.path} ({e.strerror or e}); check the disk and the "
+                                 "directory's permissions") from None
+        self._written = n
+
+    def close(self, timeout: float) -> None:
+        pass  # written by flush() (the session's, on the main thread), never on a failed start

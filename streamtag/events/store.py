@@ -4,8 +4,8 @@ Why SQLite: one file a user can query with any tool, safe with a reader (`stream
 session writes (WAL), and atomic per event. The schema version is `PRAGMA user_version`; a database from a newer
 streamtag, a locked file or a corrupt one is a one-line error, never a traceback.
 
-`EventStore` is an `EventListener`: the detector's calls only put the event on a bounded queue; a writer thread
-inserts it (at its start, with `end` NULL, and updates that row when it ends). A full queue drops the event and
+`EventStore` is an `EventListener`: the detector's calls only put the event on a bounded hand-off (handoff.py); a
+writer thread inserts it (at its start, with `end` NULL, and updates that row when it ends). A full hand-off drops the event and
 counts it (`dropped`), so a stalled disk can never stall inference.
 """
 
@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import sqlite3
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from streamtag.errors import StreamtagError
+from streamtag.events.handoff import Handoff
 from streamtag.events.model import FIELDS, Event, RuleHop
 from streamtag.utils import streamtag_home
 
@@ -130,11 +129,7 @@ class EventStore:
         self.written = 0
         self.dropped = 0
         self.failed: str | None = None
-        self._queue: queue.Queue[tuple[Event, str] | None] = queue.Queue(QUEUE_SIZE)
-        self._thread: threading.Thread | None = None
-        if writer:
-            self._thread = threading.Thread(target=self._write_loop, name="streamtag-events-db", daemon=True)
-            self._thread.start()
+        self._handoff = Handoff(self._write, "streamtag-events-db", QUEUE_SIZE) if writer else None
 
     @classmethod
     def open_for_reading(cls, path: str | os.PathLike | None) -> "EventStore":
@@ -142,9 +137,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ listener (inference thread: enqueue only)
     def _put(self, event: Event) -> None:
-        try:
-            self._queue.put_nowait((event, _now_iso()))
-        except queue.Full:
+        if self._handoff is None or not self._handoff.put((event, _now_iso())):
             self.dropped += 1
 
     def event_started(self, event: Event) -> None:
@@ -158,37 +151,14 @@ class EventStore:
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (within `timeout` s), stop the writer, close the connection."""
-        if self._thread is not None:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    self._queue.put(None, timeout=max(0.01, deadline - time.monotonic()))
-                    break
-                except queue.Full:
-                    if time.monotonic() >= deadline:
-                        break
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-            if self._thread.is_alive():
-                self.dropped += self._queue.qsize()
-                return  # the daemon thread still owns the connection
+        if self._handoff is not None and not self._handoff.close(timeout):
+            self.dropped += len(self._handoff)
+            return  # the writer thread still owns the connection; it is a daemon and ends with the process
         self._con.close()
 
-    def _write_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < 256:  # one transaction for whatever has piled up
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._insert(batch)
-                    return
-                batch.append(more)
-            self._insert(batch)
+    def _write(self, batch: list[tuple[Event, str]]) -> None:
+        for i in range(0, len(batch), 256):  # one transaction per 256 rows
+            self._insert(batch[i:i + 256])
 
     def _insert(self, batch: list[tuple[Event, str]]) -> None:
         rows = [_row(e, at) for e, at in batch]

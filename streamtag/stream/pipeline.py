@@ -77,12 +77,14 @@ class Pipeline:
     """Run `scorer` over `source` on a thread; `state` is the latest snapshot, `sinks` get every HopResult.
 
     `audio_sinks` get every sample of the stream in order (for --save-audio) and `limit_seconds` stops after that
-    much audio. `stop()` asks the thread to end; `join()` waits. A crash in the thread is kept in `exception`.
+    much audio; `keep_seconds` of audio before the current window stay readable in the ring (event clips'
+    pre-roll: a fast replay's backpressure keeps them). `stop()` asks the thread to end; `join()` waits. A crash in the thread is kept in `exception`.
     """
 
     def __init__(self, source: Source, scorer: Any, sample_duration: float, hop_duration: float,
                  smooth_size: int | None = None, sinks: Sequence[Any] = (), audio_sinks: Sequence[Any] = (),
-                 limit_seconds: float | None = None, clock: Callable[[], float] = time.monotonic):
+                 limit_seconds: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 keep_seconds: float = 0.0):
         self.source = source
         self.scorer = scorer
         from streamtag.tagging import window_sizes  # replay and tag cut the same windows
@@ -98,6 +100,7 @@ class Pipeline:
         self.sinks = list(sinks)
         self.audio_sinks = list(audio_sinks)
         self.limit = None if limit_seconds is None else int(round(limit_seconds * SAMPLE_RATE))
+        self.keep = int(round(keep_seconds * SAMPLE_RATE))
         self._clock = clock
         self._state = PipelineState()
         self._stop = threading.Event()
@@ -173,9 +176,9 @@ class Pipeline:
                     k = newest
                 self._score(k)
                 k += 1
-                ring.consumer_position = min(k * hop, self.samples)
+                ring.consumer_position = max(0, min(k * hop, self.samples) - self.keep)
                 continue
-            ring.consumer_position = min(k * hop, self.samples)
+            ring.consumer_position = max(0, min(k * hop, self.samples) - self.keep)
             if tapped:
                 self._publish(None)  # the level meter moves even between windows
             if done or (self.limit is not None and total >= self.limit):

@@ -21,6 +21,7 @@ import numpy as np
 from rich.console import Console
 
 from streamtag.errors import StreamtagError
+from streamtag.events.model import EventListener
 from streamtag.stream.pipeline import Pipeline, PipelineState
 from streamtag.stream.recorder import JsonLines, Recorder, WavRecorder
 
@@ -42,6 +43,12 @@ class StreamOptions:
     json: bool = False
     mask: np.ndarray | None = None
     plot: Any = None  # plot.PlotOptions: draw PREFIX.png from the recording at the end
+    rules: list[Any] | None = None  # events.rules.Rule, parsed from --events before any device is opened
+    events_db: str | None = None    # None: $STREAMTAG_HOME/events.sqlite
+    clips: str | None = None
+    pre_roll: float = 2.0
+    post_roll: float = 1.0
+    clip_max: float = 60.0
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Summary:
     mean_ms: float | None
     outputs: list[Path] = field(default_factory=list)
     stopped_by: str = ""
+    notes: list[str] = field(default_factory=list)  # more lines: events, log, clips
 
     def lines(self) -> list[str]:
         """What is printed at the end: the counts, then the outputs (each line fits 80 columns when paths are short)."""
@@ -65,7 +73,7 @@ class Summary:
                  f"{self.skipped} skipped · {self.overflows} overflows{overruns}{mean}"]
         if self.outputs:
             lines.append(f"wrote {', '.join(map(str, self.outputs))}")
-        return lines
+        return lines + self.notes
 
 
 @contextlib.contextmanager
@@ -89,36 +97,57 @@ def stop_on_signals(stop: threading.Event) -> Iterator[list[str]]:
 
 
 def run_session(source: Any, scorer: Any, labels: Sequence[str], options: StreamOptions, title: str,
-                console: Console | None = None) -> Summary:
+                console: Console | None = None, listeners: Sequence[EventListener] = ()) -> Summary:
     """Score `source` with `scorer` until it ends, `options.duration` passes, or a signal; returns the summary.
 
-    Prints the summary line to stderr. Raises StreamtagError (after completing every output) if the source died.
+    With `options.rules` the events detector runs as a sink; `listeners` are more `EventListener`s for it (added
+    after the built-in clip writer, log and JSON outputs, so they see `Event.clip`): the one place a new event
+    output plugs in. Prints the summary to stderr. Raises StreamtagError (after completing every output) if the
+    source died.
     """
-    from streamtag.dashboard import Dashboard, DashboardView
+    from streamtag.dashboard import Dashboard, DashboardView, EventBoard
+    from streamtag.tagging import window_sizes
 
     smooth_size = options.smooth_size if options.smooth else None
     recorder = None
     if options.record:
         recorder = Recorder(options.record, labels, scorer.arch, source.sample_rate, options.sample_duration,
-                            options.hop_duration, options.top_k, smoothed=options.smooth)
+                            options.hop_duration, options.top_k, smoothed=options.smooth, source=source.name,
+                            wall_clock=lambda: getattr(source, "wall_clock", None))
     sinks: list[Any] = [recorder] if recorder is not None else []
     if options.json:
         sinks.append(JsonLines(labels, options.top_k, options.mask, smoothed=options.smooth))
+    board = EventBoard() if options.rules and options.dashboard else None
     wav = WavRecorder(options.save_audio) if options.save_audio else None
+    events = None
     try:
+        if options.rules:
+            from streamtag.events.live import SessionEvents
+
+            window, hop = window_sizes(options.sample_duration, options.hop_duration)
+            events = SessionEvents(options.rules, labels, window, hop, source, scorer.arch, options.smooth,
+                                   db=options.events_db, clips=options.clips, pre_roll=options.pre_roll,
+                                   post_roll=options.post_roll, clip_max=options.clip_max, record=options.record,
+                                   json=options.json, listeners=[*([board] if board else []), *listeners])
+            sinks.append(events)  # after JsonLines: a hop's object comes before the events it started or ended
+        audio_sinks = [wav] if wav else []
         pipeline = Pipeline(source, scorer, options.sample_duration, options.hop_duration, smooth_size, sinks=sinks,
-                            audio_sinks=[wav] if wav else [], limit_seconds=options.duration)
+                            audio_sinks=audio_sinks, limit_seconds=options.duration,
+                            keep_seconds=clip_seconds(options))
         scorer.score(np.zeros((1, pipeline.window), dtype=np.float32))  # warm-up: oneDNN primitives, allocations
     except BaseException:
         if wav:
             wav.discard()
+        if events:
+            events.abort()
         raise
 
     stop = threading.Event()
     view = DashboardView(title=title, engine=scorer.describe(), hop_duration=options.hop_duration,
                          top_k=options.top_k, labels=tuple(labels), mask=options.mask, smoothed=options.smooth)
     console = console or Console(stderr=options.json)
-    screen = Dashboard(view, lambda: pipeline.state, console) if options.dashboard else contextlib.nullcontext()
+    screen = Dashboard(view, lambda: pipeline.state, console, board=board) if options.dashboard \
+        else contextlib.nullcontext()
     started = time.monotonic()
     with stop_on_signals(stop) as caught:
         try:
@@ -129,6 +158,8 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
                     pipeline.join(timeout=0.1)
                     if recorder is not None:  # rewrites only when due (Recorder.rewrite_interval)
                         recorder.flush(pipeline.state.audio_seconds, force=False)
+                    if events is not None:
+                        events.flush()
                 pipeline.stop()
                 pipeline.join()
         finally:
@@ -140,6 +171,8 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
             state: PipelineState = pipeline.state
             outputs: list[Path] = []
             try:
+                if events is not None:  # active events end with the stream; clips and the log are completed
+                    events.finish(state.audio_seconds)
                 if recorder is not None:
                     recorder.flush(state.audio_seconds)
                     outputs += recorder.paths
@@ -154,7 +187,8 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
                                    find_audio=False))
     summary = Summary(audio_seconds=state.audio_seconds, wall_seconds=time.monotonic() - started, hops=state.hops,
                       skipped=state.skipped, overflows=state.overflows, overruns=state.overruns,
-                      mean_ms=state.mean_ms, outputs=outputs, stopped_by=caught[0] if caught else "")
+                      mean_ms=state.mean_ms, outputs=outputs, stopped_by=caught[0] if caught else "",
+                      notes=events.summary() if events is not None else [])
     for line in summary.lines():
         print(f"streamtag: {line}", file=sys.stderr, flush=True)
     if pipeline.exception is not None:
@@ -182,7 +216,24 @@ def stream_options(ns: Any, labels: Sequence[str]) -> StreamOptions:
 
         require_matplotlib()
         plot = options_from(command_defaults("plot"))
+    rules = None
+    if ns.events:
+        from streamtag.events.rules import load_rules
+
+        rules = load_rules(ns.events, labels)
+    elif ns.clips:
+        raise StreamtagError("--clips saves the audio of events: give --events too (rules or labels)")
     return StreamOptions(sample_duration=ns.sample_duration, hop_duration=ns.hop_duration, top_k=ns.top_k,
                          smooth=bool(ns.smooth), smooth_size=ns.smooth_size, duration=ns.duration, record=ns.record,
                          save_audio=ns.save_audio, dashboard=bool(ns.dashboard), json=bool(ns.json),
-                         mask=label_mask(labels, ns.only, ns.ignore), plot=plot)
+                         mask=label_mask(labels, ns.only, ns.ignore), rules=rules, events_db=ns.events_db,
+                         clips=ns.clips, pre_roll=ns.pre_roll, post_roll=ns.post_roll, clip_max=ns.clip_max,
+                         plot=plot)
+
+
+def clip_seconds(options: StreamOptions) -> float:
+    """How much older audio clips may ask the ring for: the pre-roll, plus the longest min_duration (an event is
+    announced, and its clip opened, only once it is that long)."""
+    if not options.clips or not options.rules:
+        return 0.0
+    return options.pre_roll + max(r.min_duration + r.hold for r in options.rules)

@@ -23,9 +23,10 @@ RING_SECONDS = 30.0  # how far the consumer may fall behind before samples are l
 MAX_CHANNELS = 2  # capture at most stereo: ALSA's `pulse` device claims 32 channels it only upmixes
 
 
-def ring_seconds(sample_duration: float, hop_duration: float) -> float:
-    """Ring length for a window/hop: RING_SECONDS, or more for windows so long that 30 s would not hold a few."""
-    return max(RING_SECONDS, 4.0 * (sample_duration + hop_duration))
+def ring_seconds(sample_duration: float, hop_duration: float, history: float = 0.0) -> float:
+    """Ring length for a window/hop: RING_SECONDS, or more for windows so long that 30 s would not hold a few, plus
+    `history` seconds of older audio someone reads back (event clips' pre-roll)."""
+    return max(RING_SECONDS, 4.0 * (sample_duration + hop_duration)) + history
 
 
 # ------------------------------------------------------------------------------------------------ devices
