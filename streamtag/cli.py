@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from streamtag import __version__
 from streamtag.config import as_dests, command_defaults, read_yaml
@@ -149,6 +149,13 @@ def cmd_tag(args: argparse.Namespace) -> int:
     from streamtag.tagging import realtime_factor, window_sizes
 
     window_sizes(args.sample_duration, args.hop_duration)  # a bad duration fails before any file or model
+    if args.ray is not None:
+        from streamtag.cluster import check_address, import_ray
+
+        check_address(args.ray)
+        import_ray()
+    elif args.ray_workers is not None:
+        raise StreamtagError("--ray-workers needs --ray (e.g. --ray local, or --ray HOST:PORT)", exit_code=2)
     if not args.files and args.from_list is None:
         raise StreamtagError("no input: give audio files or folders, or --from-list FILE", exit_code=2)
     sources, errors = corpus.collect_sources(args.files, args.recursive, args.from_list)
@@ -173,14 +180,20 @@ def cmd_tag(args: argparse.Namespace) -> int:
     # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: the file being written is removed, finished ones stay.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if plan.todo:
-        from streamtag.engine import load_scorer
         from streamtag.progress import CorpusProgress
-        from streamtag.tuning import resolve_batch_size
 
-        scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
-        batch_size = resolve_batch_size(args.batch_size, scorer, args.sample_duration)
+        if args.ray is None:
+            from streamtag.engine import load_scorer
+            from streamtag.tuning import resolve_batch_size
+
+            scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
+            batch_size = resolve_batch_size(args.batch_size, scorer, args.sample_duration)
         with CorpusProgress(len(plan.todo), plan.seconds) as bar:
-            for outcome in corpus.run_jobs(plan.todo, scorer, batch_size, lambda job, s: bar.advance(s)):
+            if args.ray is None:
+                outcomes = corpus.run_jobs(plan.todo, scorer, batch_size, lambda job, s: bar.advance(s))
+            else:
+                outcomes = _tag_on_ray(args, plan.todo, weights, bar.advance)
+            for outcome in outcomes:
                 bar.finished(outcome.ok)
                 try:
                     if not outcome.ok:
@@ -195,6 +208,23 @@ def cmd_tag(args: argparse.Namespace) -> int:
                     print(f"streamtag: error: {e}", file=sys.stderr, flush=True)
                     failures += 1
     return 1 if failures else 0
+
+
+def _tag_on_ray(args: argparse.Namespace, jobs: list, weights: Any, advance: Callable[[float], None]) -> Iterator:
+    """`tag --ray`: the planned jobs on a Ray cluster (streamtag.cluster); yields their Outcomes as `run_jobs` does.
+
+    Workers report whole files, so the progress bar moves by a file's audio when it is done."""
+    from streamtag.checkpoints import read_checkpoint
+    from streamtag.cluster import WorkerSpec, run_on_ray
+
+    spec = WorkerSpec(args.model, weights.sha256, args.engine, threads=args.threads, precision=args.precision,
+                      batch_size=args.batch_size)
+    state = read_checkpoint(weights.path, args.model)
+    for outcome in run_on_ray(jobs, state, spec, args.ray, args.device, args.ray_workers, args.output_dir,
+                              say=lambda text: print(f"streamtag: {text}", file=sys.stderr, flush=True)):
+        if outcome.ok:
+            advance(outcome.duration)
+        yield outcome
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
@@ -452,6 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zero-pad the last windows as the seed does; --no-pad keeps full windows only")
     p.add_argument("--plot", action=argparse.BooleanOptionalAction,
                    help="also draw <output-dir>/<stem>.png, as `streamtag plot` does with configs/plot.yaml")
+    g = p.add_argument_group("cluster (needs `pip install 'streamtag[ray]'`)")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="tag on Ray: `local` (the default when no address is given) starts Ray on this machine; "
+                        "HOST:PORT, ray://HOST:PORT or auto joins a running cluster. --output-dir and the inputs "
+                        "must be paths every worker can reach")
+    g.add_argument("--ray-workers", type=positive_int, metavar="N",
+                   help="Ray actors, each holding one model (default: one per GPU of the cluster, else one per "
+                        "--threads CPUs)")
 
     p = _subcommand(sub, "parse", cmd_parse, "turn tagging .npz results into top-k text")
     p.add_argument("files", nargs="+", metavar="NPZ")
