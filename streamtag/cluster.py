@@ -46,6 +46,7 @@ from streamtag.errors import StreamtagError
 INSTALL_HINT = "pip install 'streamtag[ray]'"
 IN_FLIGHT = 2          # files queued per actor: the next file is already there when one finishes
 MAX_ATTEMPTS = 3       # a file whose worker died this many times fails (it is likely the cause)
+GPU_ACTORS = 16        # actors sharing one GPU at most (each decodes on its own CPU; docs/archives.md)
 START_TIMEOUT = 600    # seconds to wait for a first worker (an autoscaler may be adding nodes) before giving up
 LOCAL = "local"
 _ADDRESS = re.compile(r"^(auto|ray://\S+|[\w.\-\[\]:]+:\d+)$")
@@ -75,31 +76,38 @@ class WorkerSpec:
     model: str
     weights_sha256: str
     engine: str = "inference"
-    device: str = "cpu"       # "cpu" or "gpu": decided by the driver from the cluster's resources
+    device: str = "cpu"         # "cpu" or "gpu": decided by the driver from the cluster's resources
     threads: int | None = None  # CPU threads of the Scorer, and the CPUs a CPU actor reserves (None: 1)
     precision: str = "fp32"
     batch_size: int | str = "auto"
+    gpu_share: float = 1.0      # the part of a GPU one actor reserves (several actors keep one GPU fed)
 
     def resources(self) -> dict[str, float]:
-        """Ray resources of one actor: a whole GPU (and one CPU for decoding), or `threads` CPUs."""
+        """Ray resources of one actor: a share of a GPU and one CPU (its decoding), or `threads` CPUs."""
         if self.device == "gpu":
-            return {"num_gpus": 1, "num_cpus": 1}
+            return {"num_gpus": self.gpu_share, "num_cpus": 1}
         return {"num_gpus": 0, "num_cpus": self.threads or 1}
 
 
 def plan_workers(resources: dict[str, float], device: str, threads: int | None,
-                 workers: int | None) -> tuple[str, int, int]:
-    """(device, threads per actor, actor count) for a cluster offering `resources` (ray.cluster_resources()).
+                 workers: int | None) -> tuple[str, int, int, float]:
+    """(device, threads per actor, actor count, GPU share per actor) for a cluster offering `resources`.
 
-    `device` auto uses GPUs when the cluster has any. Without `workers`, the count is what the cluster offers now:
-    one per GPU, or its CPUs // threads (at least 1; an autoscaling cluster grows to meet a larger --ray-workers).
+    `device` auto uses GPUs when the cluster has any. On GPUs, each GPU gets up to GPU_ACTORS actors (as many as
+    the cluster has CPUs per GPU): a GPU scores a window in well under a millisecond at archive batch sizes, so one
+    process decoding and resampling cannot keep it busy (docs/archives.md). On CPUs, one actor per `threads` CPUs.
+    Without `workers`, the count is what the cluster offers now (at least 1; an autoscaling cluster grows to meet a
+    larger --ray-workers).
     """
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-    use_gpu = device == "gpu" or (device == "auto" and gpus > 0)
     threads = threads or 1
-    if use_gpu:
-        return "gpu", threads, workers or max(gpus, 1)
-    return "cpu", threads, workers or max(cpus // threads, 1)
+    if device == "gpu" or (device == "auto" and gpus > 0):
+        if workers:  # as many actors per GPU as it takes to place `workers` on the GPUs there are
+            per_gpu = max(1, min(GPU_ACTORS, -(-workers // gpus))) if gpus else 1
+        else:
+            per_gpu = max(1, min(GPU_ACTORS, cpus // gpus)) if gpus else 1
+        return "gpu", threads, workers or max(gpus, 1) * per_gpu, 1 / per_gpu
+    return "cpu", threads, workers or max(cpus // threads, 1), 0.0
 
 
 def connect(address: str) -> Any:
@@ -377,8 +385,8 @@ def run_on_ray(jobs: Sequence[Any], state: dict, spec: WorkerSpec, address: str,
     """
     ray = connect(address)
     try:
-        chosen, threads, count = plan_workers(ray.cluster_resources(), device, spec.threads, workers)
-        spec = dataclasses.replace(spec, device=chosen, threads=threads)
+        chosen, threads, count, share = plan_workers(ray.cluster_resources(), device, spec.threads, workers)
+        spec = dataclasses.replace(spec, device=chosen, threads=threads, gpu_share=share or 1.0)
         executor = RayExecutor(ray, spec, state, count, output_dir, say=say)
         yield from executor.run(jobs)
     finally:

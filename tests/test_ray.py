@@ -65,13 +65,17 @@ def test_addresses(address):
 
 
 def test_worker_plan_follows_the_cluster():
-    cpus, gpus = {"CPU": 16.0}, {"CPU": 64.0, "GPU": 4.0}
-    assert plan_workers(cpus, "auto", None, None) == ("cpu", 1, 16)
-    assert plan_workers(cpus, "auto", 4, None) == ("cpu", 4, 4)
-    assert plan_workers(cpus, "cpu", 3, 2) == ("cpu", 3, 2)
-    assert plan_workers(gpus, "auto", None, None) == ("gpu", 1, 4)
-    assert plan_workers(gpus, "cpu", 2, None) == ("cpu", 2, 32)
-    assert plan_workers(cpus, "gpu", None, None) == ("gpu", 1, 1)  # an autoscaler may add the GPU node
+    cpus, gpus, few = {"CPU": 16.0}, {"CPU": 64.0, "GPU": 4.0}, {"CPU": 6.0, "GPU": 4.0}
+    assert plan_workers(cpus, "auto", None, None) == ("cpu", 1, 16, 0.0)
+    assert plan_workers(cpus, "auto", 4, None) == ("cpu", 4, 4, 0.0)
+    assert plan_workers(cpus, "cpu", 3, 2) == ("cpu", 3, 2, 0.0)
+    assert plan_workers(gpus, "auto", None, None) == ("gpu", 1, 64, 1 / 16)  # 16 decoding actors feed each GPU
+    assert plan_workers(few, "auto", None, None) == ("gpu", 1, 4, 1.0)  # but never more than the CPUs allow
+    assert plan_workers(gpus, "auto", None, 2) == ("gpu", 1, 2, 1.0)  # one GPU each
+    assert plan_workers(gpus, "auto", None, 8) == ("gpu", 1, 8, 0.5)
+    assert plan_workers(gpus, "cpu", 2, None) == ("cpu", 2, 32, 0.0)
+    assert plan_workers({"CPU": 256.0, "GPU": 2.0}, "auto", None, None) == ("gpu", 1, 32, 1 / 16)  # at most 16
+    assert plan_workers(cpus, "gpu", None, None) == ("gpu", 1, 1, 1.0)  # an autoscaler may add the GPU node
     with pytest.raises(StreamtagError):
         check_address("recordings/")
 
