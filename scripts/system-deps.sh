@@ -9,6 +9,7 @@
 #   mosquitto, mosquitto-clients, openssl
 #                      a real MQTT broker (plain, password via mosquitto_passwd, TLS with a CA made by openssl)
 #                      and mosquitto_sub for the notify tests
+#   util-linux, iproute2   `unshare` and `ip`: the Ray tests run in a private network namespace (loopback only)
 set -euo pipefail
 pkgs=()
 have_lib() { ldconfig -p 2>/dev/null | grep -q "$1"; }
@@ -24,6 +25,8 @@ command -v tmux >/dev/null       || pkgs+=(tmux)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || pkgs+=(mosquitto)
 command -v mosquitto_sub >/dev/null || pkgs+=(mosquitto-clients)
 command -v openssl >/dev/null    || pkgs+=(openssl)
+command -v unshare >/dev/null    || pkgs+=(util-linux)
+command -v ip >/dev/null         || pkgs+=(iproute2)
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "system-deps: installing ${pkgs[*]}"

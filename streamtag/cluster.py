@@ -132,14 +132,17 @@ def connect(address: str) -> Any:
 class TagWorker:
     """What runs inside each Ray actor: one Scorer, then `tag(job)` for file after file.
 
-    A plain class (ray.remote wraps it in `_actor_class`), so it imports without Ray. A problem building the Scorer
+    A plain class (ray.remote wraps it in `_actor_class`), so this module imports without Ray. A problem building the Scorer
     or reaching the output directory is kept and reported by `ready()` rather than raised, so the driver can print
     it as one line instead of Ray's actor-creation traceback.
     """
 
     def __init__(self, spec: WorkerSpec, state: list, marker: str | None):
+        import ray
+
         self.spec = spec
         self.node = socket.gethostname()
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.scorer = None
         self.batch_size: int | None = None
         self.error: str | None = None
@@ -162,7 +165,7 @@ class TagWorker:
 
     def ready(self) -> dict:
         """Who this actor is and whether its Scorer loaded (the driver sends files only to ready actors)."""
-        return {"node": self.node, "pid": os.getpid(), "error": self.error}
+        return {"node": self.node, "node_id": self.node_id, "pid": os.getpid(), "error": self.error}
 
     def tag(self, job: Any) -> Any:
         """Tag one job and save its result; a failure of this file comes back as an Outcome, never an exception."""
@@ -233,7 +236,7 @@ class RayExecutor:
         ready = self._ready()
         if len(ready) == self.workers and not self._announced:
             self._announced = True
-            nodes = len({s.info["node"] for s in ready})
+            nodes = len({s.info["node_id"] for s in ready})
             what = (f"{self.spec.gpu_share:g} GPU" if self.spec.device == "gpu"
                     else f"{self.spec.threads or 1} CPU thread{'s' if (self.spec.threads or 1) > 1 else ''}")
             self.say(f"Ray: {len(ready)} workers on {nodes} node{'s' if nodes > 1 else ''}, {what} each")

@@ -117,26 +117,35 @@ def test_local_ray_matches_plain_tag_and_a_bad_file_fails_alone(corpus, model, p
     assert_no_leftovers(out)
 
 
-def test_cluster_run_matches_plain_tag(cluster, corpus, model, plain, tmp_path):
+def test_cluster_run_matches_plain_tag_and_resumes(cluster, corpus, model, plain, tmp_path):
     out = tmp_path / "out"
-    proc = streamtag("tag", *sorted(corpus.iterdir()), "--ray", cluster, "--ray-workers", 2, "--output-dir", out,
-                     *model)
+    proc = streamtag("tag", corpus, "--ray", cluster, "--ray-workers", 2, "--output-dir", out, *model)
     assert proc.returncode == 0, proc.stderr
+    assert "2 workers on 2 nodes" in proc.stderr, proc.stderr  # one actor on each worker node
     assert_same_results(plain, out)
     assert_no_leftovers(out)
+    # The same resume rule as a plain run: one result removed, only that file is tagged again.
+    (out / "clip3.npz").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz")}
+    again = streamtag("tag", corpus, "--ray", cluster, "--ray-workers", 2, "--output-dir", out, *model)
+    assert again.returncode == 0, again.stderr
+    assert "7 file(s) already tagged" in again.stderr and again.stdout.count("→") == 1, again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz") if p.name != "clip3.npz"} == before
+    assert_same_results(plain, out)
 
 
 def test_a_killed_worker_has_its_files_done_elsewhere_exactly_once(cluster, corpus, cnn6_weights, plain, tmp_path):
     import ray
 
+    from streamtag import corpus as files
     from streamtag.checkpoints import load_state
     from streamtag.cluster import RayExecutor, WorkerSpec, connect
-    from streamtag.corpus import Job, TagOptions
 
     state, sha = load_state("cnn6", str(cnn6_weights))
-    options = TagOptions("cnn6", sha, 2.0, 0.3)
     out = tmp_path / "out"
-    jobs = [Job(str(p), str(out / f"{p.stem}.npz"), options) for p in sorted(corpus.iterdir())]
+    sources, errors = files.collect_sources([corpus])
+    jobs = files.plan_jobs(sources, out, files.TagOptions("cnn6", sha, 2.0, 0.3)).todo
+    assert len(jobs) == 8 and not errors
     said: list[str] = []
     connect(cluster)
     try:
