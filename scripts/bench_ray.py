@@ -2,6 +2,7 @@
 """Benchmark `streamtag tag --ray`: files/s and audio-hours per hour, plain `tag` against Ray with 1 and 2 workers.
 
     .venv/bin/python scripts/bench_ray.py                    # CNN14, 12 files of 20 s at 44.1 kHz
+    .venv/bin/python scripts/bench_ray.py --decode-only      # decode + resample speed of one core (GPU sizing)
     .venv/bin/python scripts/bench_ray.py --model cnn6 --files 24 --json bench-ray.json
 
 A benchmark, not a test (timings are never asserted). Every run is a whole `streamtag tag` process, as a user times
@@ -90,7 +91,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=20.0, help="audio seconds per file")
     ap.add_argument("--rate", type=int, default=44100, help="sample rate of the generated files")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", default="auto", help="as `tag --batch-size` (default: auto)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--decode-only", action="store_true", help="only time decoding + resampling (no model, no Ray)")
     args = ap.parse_args()
@@ -129,7 +130,8 @@ def main() -> None:
             (f"ray, {cores} workers × 1 thread", ["--ray", f"--ray-workers={cores}", "--threads=1"], True),
         ]
         rows = []
-        print(f"machine: {machine()}; load before: {load()}", flush=True)
+        load_before = load()
+        print(f"machine: {machine()}; load before: {load_before}", flush=True)
         for name, extra, netns in configs:
             out = work / f"out-{len(rows)}"
             seconds = run(tag + files + model + ["--output-dir", str(out)] + extra, env, netns)
@@ -142,6 +144,7 @@ def main() -> None:
 
     report = {"machine": machine(), "model": args.model, "files": args.files, "seconds_per_file": args.seconds,
               "rate": args.rate, "batch_size": args.batch_size, "audio_hours": round(audio / 3600, 4),
+              "load_before": load_before,
               "command": "scripts/bench_ray.py " + " ".join(sys.argv[1:]), "rows": rows}
     print(f"\n{args.files} files × {args.seconds:g} s ({args.rate} Hz), {args.model}, batch {args.batch_size}; "
           "whole process (start-up included)\n")

@@ -7,11 +7,12 @@ same files with the same scores.
 Why this shape:
 
 * **Actors, not tasks.** Loading a Scorer costs seconds (weights, graph export); an actor loads it once and tags
-  file after file. There is one actor per GPU (`num_gpus=1`) when the cluster has GPUs, else one per `--threads`
-  CPUs (1 by default: on CPUs, processes scale better than oneDNN threads over small batches).
-* **Weights travel through the object store.** The driver reads the checkpoint once (so it also knows the weights
-  sha256 the resume rule needs) and `ray.put`s the arrays; no worker needs the registry cache, a `--weights` path or
-  the internet. Each node exports the graph into its own `$STREAMTAG_HOME` (atomic, so actors of a node may race).
+  file after file. On GPUs, several actors share each GPU (`num_gpus=1/k`, one CPU each), because one process
+  decoding and resampling cannot keep a GPU busy; on CPUs there is one actor per `--threads` CPUs (1 by default:
+  processes scale better than oneDNN threads over small batches).
+* **Weights travel through the object store.** The driver reads the checkpoint once and `ray.put`s the arrays; no
+  worker needs the registry cache, a `--weights` path or the internet, and an actor fetches them only when its node
+  has no exported graph of them yet (each node exports into its own `$STREAMTAG_HOME`; atomic, so actors may race).
 * **The driver schedules, file by file.** Each ready actor has at most `IN_FLIGHT` files queued, so a fast node
   takes more files and the queue empties evenly. A worker that dies (process killed, node lost, out of memory) has
   its in-flight files put back in the queue for any other actor, and a fresh actor takes its place; a file whose
@@ -33,7 +34,9 @@ import dataclasses
 import logging
 import os
 import re
+import signal
 import socket
+import threading
 import time as clock
 import uuid
 from collections import deque
@@ -117,6 +120,7 @@ def connect(address: str) -> Any:
     # A command-line tool does not report usage on its user's behalf; an explicit setting still wins.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address == LOCAL:
             ray.init(include_dashboard=False, **options)
@@ -125,6 +129,8 @@ def connect(address: str) -> Any:
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise StreamtagError(f"--ray {address}: cannot connect ({str(e).splitlines()[0]}); start the cluster "
                              "(`ray start --head`) or check the address", exit_code=2) from None
+    if sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)  # ray.init replaces it; the caller's way of stopping stands
     return ray
 
 
@@ -132,9 +138,9 @@ def connect(address: str) -> Any:
 class TagWorker:
     """What runs inside each Ray actor: one Scorer, then `tag(job)` for file after file.
 
-    A plain class (ray.remote wraps it in `_actor_class`), so this module imports without Ray. A problem building the Scorer
-    or reaching the output directory is kept and reported by `ready()` rather than raised, so the driver can print
-    it as one line instead of Ray's actor-creation traceback.
+    A plain class (ray.remote wraps it in `_actor_class`), so this module imports without Ray. A problem building
+    the Scorer or reaching the output directory is kept and reported by `ready()` rather than raised, so the driver
+    can print it as one line instead of Ray's actor-creation traceback.
     """
 
     def __init__(self, spec: WorkerSpec, state: list, marker: str | None):
@@ -153,13 +159,8 @@ class TagWorker:
                                      "(a shared disk)")
             from streamtag.engine import make_scorer
 
-            def read_state() -> dict:  # only called when this node has no cached export of the model yet
-                import ray
-
-                return ray.get(state[0])
-
-            self.scorer = make_scorer(spec.model, read_state, spec.weights_sha256, spec.device, spec.engine,
-                                      spec.threads or 1, spec.precision)
+            self.scorer = make_scorer(spec.model, lambda: ray.get(state[0]), spec.weights_sha256, spec.device,
+                                      spec.engine, spec.threads or 1, spec.precision)
         except StreamtagError as e:
             self.error = f"{e} (on node {self.node})"
 

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -104,17 +103,63 @@ def assert_no_leftovers(out: Path) -> None:
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_local_ray_matches_plain_tag_and_a_bad_file_fails_alone(corpus, model, plain, tmp_path):
-    bad = tmp_path / "broken.wav"
-    bad.write_bytes(b"RIFF" + os.urandom(200))
+def corrupt_flac(path: Path) -> Path:
+    """A FLAC whose header reads but whose frames do not: it passes the driver's check and fails in a worker."""
+    sf.write(path, (np.random.default_rng(0).standard_normal(32000 * 4) * 0.1).astype(np.float32), 32000)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3:len(data) // 3 + 3000] = b"\xff" * 3000
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_local_ray_matches_plain_tag_and_bad_files_fail_alone(corpus, model, plain, tmp_path):
+    broken = tmp_path / "broken.wav"  # caught on the driver, from its header
+    broken.write_bytes(b"RIFF" + os.urandom(200))
+    corrupt = corrupt_flac(tmp_path / "corrupt.flac")  # caught by the worker that decodes it
     out = tmp_path / "out"
-    proc = streamtag("tag", *sorted(corpus.iterdir()), bad, "--ray", "--output-dir", out, *model)
+    proc = streamtag("tag", *sorted(corpus.iterdir()), broken, corrupt, "--ray", "--output-dir", out, *model)
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("streamtag: error:")]
-    assert len(errors) == 1 and "broken.wav" in errors[0], proc.stderr
+    assert len(errors) == 2 and "broken.wav" in errors[0] and "corrupt.flac" in errors[1], proc.stderr
     assert "Traceback" not in proc.stderr
-    assert_same_results(plain, out)
+    assert_same_results(plain, out)  # every good file, and nothing for the bad ones
     assert_no_leftovers(out)
+
+
+def test_sigterm_stops_the_run_cleanly_and_the_next_run_resumes(model, tmp_path):
+    import queue
+    import threading
+
+    corpus = tmp_path / "long"  # 6 × 30 s: seconds of work per file, so the signal lands mid-run
+    corpus.mkdir()
+    t = np.arange(30 * 16000) / 16000
+    for i in range(6):
+        sf.write(corpus / f"long{i}.wav", (0.3 * np.sin(2 * np.pi * (300 + 50 * i) * t)).astype(np.float32), 16000)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "streamtag", "tag", corpus, "--ray", "--output-dir", out, *model]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        first = lines.get(timeout=300)  # the first file is done: the others are being tagged
+        assert "→" in first, first
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert_no_leftovers(out)  # no temp file of a killed actor, no marker
+    done = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz")}
+    assert 1 <= len(done) < 6, done
+    left = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True)
+    assert left.stdout == "", left.stdout  # the local Ray went with the driver
+    again = streamtag("tag", corpus, "--ray", "--output-dir", out, *model)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(done)} file(s) already tagged" in again.stderr, again.stderr
+    assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in done.items())  # not redone
+    assert sorted(p.name for p in out.glob("*.npz")) == [f"long{i}.npz" for i in range(6)]
+    assert all(load_result(p).scores.shape == (100, 527) for p in out.glob("*.npz"))
 
 
 def test_cluster_run_matches_plain_tag_and_resumes(cluster, corpus, model, plain, tmp_path):
@@ -166,3 +211,4 @@ def test_a_killed_worker_has_its_files_done_elsewhere_exactly_once(cluster, corp
     assert any("died" in line for line in said), said
     assert_same_results(plain, out)  # each file's result is there, complete and right
     assert_no_leftovers(out)
+

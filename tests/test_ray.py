@@ -8,6 +8,7 @@ address but 127.0.0.1, and a PID namespace, so no raylet or gcs_server outlives 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -82,9 +83,7 @@ def test_worker_plan_follows_the_cluster():
 
 def test_ray_in_a_private_network(tmp_path):
     """Runs tests/ray_cluster_checks.py on a real Ray (local, then a head and two workers) in namespaces."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         need("ray is not installed (pip install 'streamtag[ray]')")
     for tool in ("unshare", "ip"):
         if shutil.which(tool) is None:
