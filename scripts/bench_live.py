@@ -9,6 +9,9 @@ It checks the three promises of the live path on this machine, at 2 s windows ev
 
     .venv/bin/python scripts/bench_live.py               # 10 minutes, the acceptance run
     .venv/bin/python scripts/bench_live.py --minutes 1   # a quick look
+    # the all-day check (docs/benchmarks.md): an hour, recording scores and audio, RSS logged each minute
+    .venv/bin/python scripts/bench_live.py --minutes 60 --record --max-rss-growth 30 --workdir /work/bench-live-1h \
+        --log /work/bench-live-1h/minutes.jsonl --json /work/bench-live-1h/figures.json
 
 Weights: --weights PATH, else the cached registry checkpoint for the model, else seeded weights from the test
 fixture recipe (timing does not depend on the values). Prints a table and, with --json FILE, writes the figures.
@@ -72,6 +75,26 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration, subprocess.SubprocessError):
+        model = "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def written_bytes(pid: int) -> int | None:
+    """Bytes the process has caused to be written to storage so far (/proc/PID/io write_bytes)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -79,17 +102,32 @@ def main() -> int:
     ap.add_argument("--weights")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ap.add_argument("--record", action="store_true",
+                    help="also --record the session and --save-audio it (into the work dir): the all-day check")
+    ap.add_argument("--max-rss-growth", type=float, default=50.0, metavar="MB",
+                    help="the RSS check: end within this of RSS after one minute (default: %(default)s)")
+    ap.add_argument("--workdir", metavar="DIR", help="keep the audio and recording here (default: a temp dir)")
+    ap.add_argument("--log", metavar="FILE", help="append one JSON line per minute: time, hops, RSS, bytes written")
     opts = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_live.") as tmp:
-        workdir = Path(tmp)
+        workdir = Path(opts.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         seconds = opts.minutes * 60
-        audio = make_audio(workdir / "bench.wav", seconds)
+        audio = workdir / f"bench-{opts.minutes:g}min.wav"
+        if not audio.exists() or sf.info(str(audio)).frames != len(range(0, int(seconds * SR), SR)) * SR:
+            make_audio(audio, seconds)
         weights, weights_kind = pick_weights(opts.model, opts.weights, workdir)
         cmd = [sys.executable, "-m", "streamtag", "replay", str(audio), "--speed", "1", "--model", opts.model,
                "--weights", weights, "--no-dashboard", "--json", "--sample-duration", "2", "--hop-duration", "0.3"]
         if opts.threads:
             cmd += ["--threads", str(opts.threads)]
+        if opts.record:
+            for stale in workdir.glob("session*"):
+                if stale.is_file():
+                    stale.unlink()
+            cmd += ["--record", str(workdir / "session"), "--save-audio", str(workdir / "session.wav")]
+        log = open(opts.log, "a") if opts.log else None  # noqa: SIM115 (open for the whole run)
         print(f"bench_live: {opts.minutes:g} min replay, {opts.model} ({weights_kind} weights)", file=sys.stderr)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -105,10 +143,18 @@ def main() -> int:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         timeline: list[tuple[float, int, float]] = []  # (seconds since the first hop, hops so far, RSS MB)
+        next_minute = 0.0
         while proc.poll() is None:
             rss = rss_mb(proc.pid)
             if rss is not None and first_hop:
-                timeline.append((time.monotonic() - first_hop[0], len(records), rss))
+                t = time.monotonic() - first_hop[0]
+                timeline.append((t, len(records), rss))
+                if log is not None and t >= next_minute:
+                    written = written_bytes(proc.pid)
+                    log.write(json.dumps({"t": round(t, 1), "hops": len(records), "rss_mb": round(rss, 1),
+                                          "write_bytes": written, "load": os.getloadavg()[0]}) + "\n")
+                    log.flush()
+                    next_minute += 60.0
             time.sleep(1.0)
         reader.join()
         err = proc.stderr.read()
@@ -133,9 +179,14 @@ def main() -> int:
         "p95_delay_ms": float(np.percentile(delays, 95)), "max_delay_ms": max(delays),
     }
     figures["delay_overhead_ms"] = figures["median_delay_ms"] - figures["median_inference_ms"]
+    figures["machine"] = cpu_model()
+    figures["load_end"] = os.getloadavg()
+    if opts.record:
+        figures["recording_bytes"] = {p.name: p.stat().st_size for p in sorted(workdir.glob("session*"))}
     checks = {
         "no hop skipped": figures["skipped"] == 0,
-        "RSS end within 50 MB of 1 min": figures["rss_growth_mb"] is not None and figures["rss_growth_mb"] <= 50,
+        f"RSS end within {opts.max_rss_growth:g} MB of 1 min":
+            figures["rss_growth_mb"] is not None and figures["rss_growth_mb"] <= opts.max_rss_growth,
         "median delay <= inference + 20 ms": figures["delay_overhead_ms"] <= 20,
     }
     figures["checks"] = checks

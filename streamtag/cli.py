@@ -303,10 +303,30 @@ def cmd_replay(args: argparse.Namespace) -> int:
     options = stream_options(args, labels)
     source = FileSource(args.file, speed=args.speed, fast=args.fast, limit_seconds=args.duration,
                         ring_seconds=ring_seconds(args.sample_duration, args.hop_duration, clip_seconds(options)))
+    seconds = source.reader.frames / source.reader.sample_rate
+    if seconds < args.sample_duration:
+        raise StreamtagError(f"{args.file}: {seconds:.2f} s of audio is shorter than one window (--sample-duration "
+                             f"{args.sample_duration:g}), so a replay would score nothing; use `streamtag tag` (it "
+                             "pads a short file to one window) or a shorter --sample-duration")
     scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
     pace = "fast" if args.fast else f"×{args.speed:g}"
     run_session(source, scorer, labels, options, title=f"replay · {os.path.basename(args.file)} · {pace}")
     return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Finish what a killed `--record`/`--save-audio` session left (`.part` files): PREFIX.npz, PREFIX.txt, the WAV."""
+    from streamtag.recording import recover
+
+    failures = 0
+    for target in args.targets:
+        try:
+            for line in recover(target):
+                print(line, flush=True)
+        except StreamtagError as e:
+            print(f"streamtag: error: {e}", file=sys.stderr)
+            failures += 1
+    return 1 if failures else 0
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
@@ -535,6 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=positive_float, metavar="X", help="pace, x real time (default: %(default)s)")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction,
                    help="as fast as inference goes, no hop dropped")
+
+    p = _subcommand(sub, "recover", cmd_recover, "finish a recording whose session was killed (PREFIX.npz.part, "
+                    "PREFIX.txt.part, FILE.wav.part)", configured=False)
+    p.add_argument("targets", nargs="+", metavar="PREFIX", help="a --record PREFIX, or a FILE.wav.part")
 
     _subcommand(sub, "devices", cmd_devices, "list audio input devices", configured=False)
 

@@ -154,10 +154,10 @@ def top_rows(state: PipelineState, view: DashboardView) -> list[tuple[str, float
     allows."""
     if state.result is None:
         return []
-    from streamtag.results import shown_order
+    from streamtag.results import top_order
 
     row = state.result.smoothed if view.smoothed else state.result.scores
-    return [(view.labels[i], float(row[i]), i) for i in shown_order(row, view.top_k, view.mask)]
+    return [(view.labels[i], float(row[i]), i) for i in top_order(row, view.top_k, view.mask)]
 
 
 def _level_fraction(db: float) -> float:

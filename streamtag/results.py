@@ -68,6 +68,24 @@ class TagResult:
 
 
 # ---------------------------------------------------------------------------------------------- npz read/write
+def metadata_arrays(duration: float, sample_rate: int, model: str, sample_duration: float, hop_duration: float,
+                    labels: Sequence[str], source: str = "", wall_clock: float | None = None) -> dict[str, np.ndarray]:
+    """The npz's arrays that describe the whole result (everything but the per-window columns)."""
+    arrays = {
+        "duration": np.float64(duration),
+        "sample_rate": np.int64(sample_rate),
+        "model": np.str_(model),
+        "sample_duration": np.float64(sample_duration),
+        "hop_duration": np.float64(hop_duration),
+        "labels": np.array([str(x) for x in labels], dtype=np.str_),
+    }
+    if source:
+        arrays["source"] = np.str_(source)
+    if wall_clock is not None:
+        arrays["wall_clock"] = np.float64(wall_clock)
+    return arrays
+
+
 def save_result(path: str | os.PathLike, result: TagResult) -> Path:
     """Write `result` to `path` (.npz) via a temp file + rename; every array is plain (loads without pickle)."""
     path = Path(path)
@@ -75,25 +93,14 @@ def save_result(path: str | os.PathLike, result: TagResult) -> Path:
     time = np.asarray(result.time, dtype=np.float64)
     if scores.ndim != 2 or time.shape != (scores.shape[0],):
         raise ValueError(f"time {time.shape} and scores {scores.shape} do not describe the same windows")
-    arrays = {
-        "time": time,
-        "scores": scores,
-        "duration": np.float64(result.duration),
-        "sample_rate": np.int64(result.sample_rate),
-        "model": np.str_(result.model),
-        "sample_duration": np.float64(result.sample_duration),
-        "hop_duration": np.float64(result.hop_duration),
-        "labels": np.array([str(x) for x in result.labels], dtype=np.str_),
-    }
-    if result.source:
-        arrays["source"] = np.str_(result.source)
+    arrays = {"time": time, "scores": scores}
     if result.level is not None:
         level = np.asarray(result.level, dtype=np.float32)
         if level.shape != time.shape:
             raise ValueError(f"level {level.shape} does not match time {time.shape}")
         arrays["level"] = level
-    if result.wall_clock is not None:
-        arrays["wall_clock"] = np.float64(result.wall_clock)
+    arrays.update(metadata_arrays(result.duration, result.sample_rate, result.model, result.sample_duration,
+                                  result.hop_duration, result.labels, result.source, result.wall_clock))
     if result.embedding is not None:
         embedding = np.asarray(result.embedding, dtype=np.float32)
         if embedding.ndim != 2 or embedding.shape[0] != scores.shape[0]:
@@ -113,9 +120,16 @@ def save_result(path: str | os.PathLike, result: TagResult) -> Path:
 
 
 def load_result(path: str | os.PathLike) -> TagResult:
-    """Read an npz written by `save_result` or by the seed's `audio_tag.py`, never unpickling anything."""
+    """Read a result, never unpickling anything: an npz written by `save_result` or the seed's `audio_tag.py`, or a
+    recording still being made or killed (`X.npz.part/`, recording.py) — `X.npz` reads `X.npz.part/` when that
+    exists, since it is the newer of the two."""
+    from streamtag.recording import is_part_dir, part_dir, read_part
+
     path = Path(path)
     hint = "pass an .npz written by `streamtag tag`"
+    if is_part_dir(path) or is_part_dir(part_dir(path)):
+        data = read_part(path if is_part_dir(path) else part_dir(path))
+        return _result_from_arrays(path, data, "pass a recording's PREFIX.npz (see docs/file-formats.md)")
     if not path.exists():
         raise StreamtagError(f"{path}: no such file; {hint}")
     if path.is_dir():
@@ -138,7 +152,11 @@ def load_result(path: str | os.PathLike) -> TagResult:
         raise StreamtagError(f"{path}: unreadable npz ({_one_line(e)}); {hint}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise StreamtagError(f"{path}: unreadable npz ({_one_line(e)}); {hint}") from None
+    return _result_from_arrays(path, data, hint)
 
+
+def _result_from_arrays(path: Path, data: dict[str, np.ndarray], hint: str) -> TagResult:
+    """Check the arrays of an npz (or of a recording in progress) and make them a TagResult."""
     scores, time = data["scores"], data["time"]
     if scores.ndim != 2 or time.ndim != 1 or time.shape[0] != scores.shape[0] or scores.shape[0] == 0:
         raise StreamtagError(f"{path}: `time` {time.shape} and `scores` {scores.shape} do not match "
@@ -226,58 +244,45 @@ def smooth(scores: np.ndarray, size: int) -> np.ndarray:
 
 
 class Smoother:
-    """Incremental `smooth` for the live path: push one row, get its smoothed row.
-
-    A running sum over the last `size` rows keeps each push O(classes) whatever `size` is; it is kept in float64, so
-    the output equals `smooth` to float32 rounding (within 1e-6), not bit for bit.
-    """
+    """Incremental `smooth` for the live path: push one row, get its smoothed row, bit for bit what `smooth` gives
+    for that row of the whole array (the same float32 `np.sum` over the same (n, C) block, divided by the same n),
+    so a recording's PREFIX.txt is byte-identical to `streamtag parse PREFIX.npz`. Costs O(size × classes)."""
 
     def __init__(self, size: int):
         if size < 1:
             raise ValueError(f"smoothing size must be 1 or more, got {size}")
         self.size = size
-        self._rows: collections.deque[np.ndarray] = collections.deque()
-        self._sum: np.ndarray | None = None
-        self._pushes = 0
+        self._rows: collections.deque[np.ndarray] = collections.deque(maxlen=size)
 
     def push(self, row: np.ndarray) -> np.ndarray:
-        row = np.asarray(row, dtype=np.float64)
-        if self._sum is None:
-            self._sum = np.zeros_like(row)
-        self._rows.append(row)
-        self._sum += row
-        if len(self._rows) > self.size:
-            self._sum -= self._rows.popleft()
-        self._pushes += 1
-        if self._pushes % 4096 == 0:  # re-sum now and then so float drift never accumulates over long sessions
-            self._sum = np.sum(self._rows, axis=0)
-        return (self._sum / len(self._rows)).astype(np.float32)
+        self._rows.append(np.asarray(row))
+        return np.sum(np.stack(self._rows), axis=0) / len(self._rows)
 
     def reset(self) -> None:
         self._rows.clear()
-        self._sum = None
 
 
-def top_k(row: np.ndarray, k: int, labels: Sequence[str]) -> list[tuple[str, float]]:
-    """The k highest (label, score) pairs, highest first; ties ordered exactly as the seed's `(-row).argsort()`."""
+def top_k(row: np.ndarray, k: int, labels: Sequence[str],
+          mask: np.ndarray | None = None) -> list[tuple[str, float]]:
+    """The k highest (label, score) pairs, highest first, ties ordered exactly as the seed's `(-row).argsort()`.
+
+    The one top-k of streamtag: `parse`, the recording's txt, `--json` and the dashboard. `mask` (--only/--ignore)
+    leaves out the labels it is False for (so fewer than k pairs may come back).
+    """
     row = np.asarray(row)
-    order = (-row).argsort()[:k]
-    return [(labels[i], float(row[i])) for i in order]
+    return [(labels[i], float(row[i])) for i in top_order(row, k, mask)]
 
 
-def shown_order(row: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[int]:
-    """Column indices of the top-k a live view shows: only labels `mask` allows (--only/--ignore), highest first,
-    stable on ties."""
+def top_order(row: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[int]:
+    """The column indices behind `top_k`: the seed's `(-row).argsort()[:k]` of the row with the labels `mask`
+    leaves out set to -inf, and those dropped."""
+    row = np.asarray(row)
     if mask is not None:
         row = np.where(mask, row, -np.inf)
-    order = np.argsort(-row, kind="stable")[:k]
-    return [int(i) for i in order if np.isfinite(row[i])]
-
-
-def shown_top_k(row: np.ndarray, k: int, labels: Sequence[str],
-                mask: np.ndarray | None = None) -> list[tuple[str, float]]:
-    """The (label, score) pairs of `shown_order`."""
-    return [(labels[i], float(row[i])) for i in shown_order(row, k, mask)]
+    order = (-row).argsort()[:k]
+    if mask is not None:
+        order = order[np.isfinite(row[order])]
+    return [int(i) for i in order]
 
 
 _top_k = top_k  # for Writer.render, whose `top_k` parameter (the seed's option name) shadows this function

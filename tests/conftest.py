@@ -1,7 +1,8 @@
 """Shared test plumbing: a private PulseAudio server for real capture tests, seeded CNN6 weights, a CLI runner.
 
 Live capture is tested for real, without a microphone: the `pulse` fixture starts a PulseAudio daemon of our own
-(in a private XDG_RUNTIME_DIR, so a desktop session's server is never touched) with a null sink `streamtag_test`.
+(in a private XDG_RUNTIME_DIR, so a desktop session's server is never touched, and with HOME, XDG_* and PULSE_*
+state paths inside it, so nothing is written into the real home directory) with a null sink `streamtag_test`.
 What `paplay --device=streamtag_test` plays comes out of the sink's monitor source, which is the server's default
 source; PortAudio reads it through ALSA's `pulse` device (the pulse plugin of libasound2-plugins), exactly the path
 a user's microphone takes. In CI (CI=true) a missing piece is a test failure, locally a skip.
@@ -10,9 +11,11 @@ a user's microphone takes. In CI (CI=true) a missing piece is a test failure, lo
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +40,23 @@ class PulseServer:
     sink: str = SINK
 
     @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime_dir),
+    def home(self) -> Path:
+        """The HOME the daemon and its clients get: PulseAudio's cookie, state and config land here."""
+        return self.runtime_dir / "home"
+
+    @property
+    def private(self) -> dict[str, str]:
+        """The variables that point the server and its clients at this server and away from the real home."""
+        home = self.home
+        return {"XDG_RUNTIME_DIR": str(self.runtime_dir), "HOME": str(home),
+                "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache"),
+                "XDG_STATE_HOME": str(home / ".local" / "state"), "PULSE_STATE_PATH": str(home / "pulse-state"),
+                "PULSE_COOKIE": str(home / "pulse-cookie"),
                 "PULSE_SERVER": f"unix:{self.runtime_dir / 'pulse' / 'native'}"}
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.private}
 
     def play(self, path: str | Path) -> subprocess.Popen:
         """Start playing `path` into the null sink (its monitor is what `--input-device pulse` records)."""
@@ -55,6 +72,7 @@ def start_pulseaudio(runtime_dir: Path, sink: str = SINK) -> PulseServer:
     runtime_dir.mkdir(parents=True, exist_ok=True)
     runtime_dir.chmod(0o700)
     server = PulseServer(runtime_dir, sink)
+    server.home.mkdir(exist_ok=True)
     env = {**server.env}
     env.pop("PULSE_SERVER")  # the daemon serves XDG_RUNTIME_DIR/pulse/native; the variable is for clients
     cmd = ["pulseaudio", "-D", "--exit-idle-time=-1", "-n", "--log-target=stderr",
@@ -92,7 +110,8 @@ def _portaudio_sees_pulse() -> bool:
 def pulse(tmp_path_factory: pytest.TempPathFactory) -> PulseServer:
     """A running PulseAudio server with the `streamtag_test` null sink, visible to PortAudio as device `pulse`.
 
-    Sets XDG_RUNTIME_DIR/PULSE_SERVER in os.environ for the session, so this process and every child talks to it.
+    Sets its private variables (PulseServer.private: XDG_RUNTIME_DIR, PULSE_SERVER, HOME, XDG_*, PULSE_*) in
+    os.environ for the session, so this process and every child talks to it and writes only below its runtime dir.
     """
     for tool in ("pulseaudio", "pactl", "paplay"):
         if not shutil.which(tool):
@@ -106,17 +125,13 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> PulseServer:
         server = start_pulseaudio(runtime_dir)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
         need(f"cannot start PulseAudio: {e}")
-    saved = {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "PULSE_SERVER")}
-    os.environ.update(XDG_RUNTIME_DIR=str(server.runtime_dir), PULSE_SERVER=server.env["PULSE_SERVER"])
-    wrote_asoundrc = None
+    saved = {k: os.environ.get(k) for k in server.private}
+    os.environ.update(server.private)
     try:
         if not _portaudio_sees_pulse():
-            # ALSA has no `pulse` device configured (no libasound2-plugins conf.d snippet): add one for this user,
-            # only when the user has no ~/.asoundrc of their own.
-            asoundrc = Path.home() / ".asoundrc"
-            if not asoundrc.exists():
-                asoundrc.write_text("pcm.pulse { type pulse }\nctl.pulse { type pulse }\n")
-                wrote_asoundrc = asoundrc
+            # ALSA has no `pulse` device configured (no libasound2-plugins conf.d snippet): add one in the private
+            # HOME (ALSA reads $HOME/.asoundrc), never in the user's.
+            (server.home / ".asoundrc").write_text("pcm.pulse { type pulse }\nctl.pulse { type pulse }\n")
             if not _portaudio_sees_pulse():
                 need("PortAudio shows no ALSA `pulse` device; install libasound2-plugins (`make system-deps`)")
         yield server
@@ -127,8 +142,6 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> PulseServer:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        if wrote_asoundrc is not None:
-            wrote_asoundrc.unlink()
 
 
 @pytest.fixture(scope="session")
@@ -154,3 +167,67 @@ def cli_env(streamtag_home: Path) -> dict[str, str]:
 
 def streamtag_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamtag", *map(str, args)]
+
+
+class Child:
+    """A child process whose stdout and stderr are read on threads, so a test waits for output with a timeout and a
+    hung child fails the test instead of hanging the suite. Use as a context manager: the child is killed on exit
+    if it is still running."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._out: queue.Queue[str | None] = queue.Queue()
+        self._err: list[str] = []
+        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, self._out.put), daemon=True),
+                         threading.Thread(target=self._pump, args=(self.proc.stderr, self._err.append), daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _pump(stream, put) -> None:
+        for line in stream:
+            put(line)
+        put(None)
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(x for x in self._err if x is not None)
+
+    def lines(self, n: int, timeout: float = 120) -> list[str]:
+        """The next `n` stdout lines; fails the test if they do not come within `timeout` seconds."""
+        deadline, got = time.monotonic() + timeout, []
+        while len(got) < n:
+            try:
+                line = self._out.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no stdout line {len(got) + 1} of {n} within {timeout} s; stderr: {self.stderr[-2000:]}")
+            if line is None:
+                pytest.fail(f"the child ended (exit {self.proc.wait(timeout=30)}) after {len(got)} of {n} lines; "
+                            f"stderr: {self.stderr[-2000:]}")
+            got.append(line)
+        return got
+
+    def finish(self, timeout: float = 120) -> tuple[int, list[str], str]:
+        """Wait for the child to end: (exit code, the stdout lines not read yet, all of stderr)."""
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"the child did not end within {timeout} s; stderr: {self.stderr[-2000:]}")
+        for t in self._threads:
+            t.join(timeout=30)
+        rest = []
+        while True:
+            line = self._out.get(timeout=30)
+            if line is None:
+                break
+            rest.append(line)
+        return rc, rest, self.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import streamtag_cmd
+from conftest import Child, streamtag_cmd
 
 from streamtag.audio import load_audio
 from streamtag.labels import audioset_labels
@@ -152,29 +152,22 @@ def test_missing_file_is_a_one_line_error(tmp_path, cli_env):
 
 def test_sigterm_stops_cleanly_and_completes_the_recording(tmp_path, cnn6_weights, cli_env):
     wav = make_wav(tmp_path / "long.wav", 60.0, rate=16000, channels=1)
-    proc = subprocess.Popen(streamtag_cmd("replay", wav, "--no-dashboard", "--json", "--record", tmp_path / "r",
-                                          "--save-audio", tmp_path / "r.wav", "--model", "cnn6", "--weights",
-                                          cnn6_weights),
-                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        lines = [proc.stdout.readline() for _ in range(12)]  # 12 hops scored: ~5.3 s of audio replayed
-        assert all(lines), proc.stderr.read() if proc.poll() is not None else "no output"
-        assert (tmp_path / "r.npz").exists()  # flushed while running, not only at the end
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+    with Child(streamtag_cmd("replay", wav, "--no-dashboard", "--json", "--record", tmp_path / "r", "--save-audio",
+                             tmp_path / "r.wav", "--model", "cnn6", "--weights", cnn6_weights), cli_env) as child:
+        lines = child.lines(12)  # 12 hops scored: ~5.3 s of audio replayed
+        assert (tmp_path / "r.npz.part").is_dir() and (tmp_path / "r.wav.part").is_file()  # written as it goes
+        child.proc.send_signal(signal.SIGTERM)
+        rc, out, err = child.finish(timeout=60)
+    assert rc == 0, err
     assert "stopped by SIGTERM" in err
     result = load_result(tmp_path / "r.npz")
     n = len(result.time)
     assert n >= 12
-    assert n == len(lines) + len(out.splitlines())  # every hop printed is in the recording
+    assert n == len(lines) + len(out)  # every hop printed is in the recording
     assert (tmp_path / "r.txt").read_text().count("\n\n") == n
     audio, rate = sf.read(tmp_path / "r.wav", dtype="float32")
     assert rate == SR and len(audio) >= 2 * SR + (n - 1) * 9600
-    assert not list(tmp_path.glob(".*.tmp*"))  # no temp files left behind
+    assert not list(tmp_path.glob(".*.tmp*")) and not list(tmp_path.glob("*.part"))  # nothing left behind
 
 
 # ---------------------------------------------------------------------------------------------- scheduling
@@ -250,29 +243,4 @@ def test_a_source_that_fails_to_start_is_its_own_error_and_leaves_no_temp_file(t
     options = StreamOptions(dashboard=False, record=str(tmp_path / "rec"), save_audio=str(tmp_path / "rec.wav"))
     with pytest.raises(StreamtagError, match="cannot open input device test"):
         run_session(source, scorer, audioset_labels(), options, title="test")
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
-
-
-def test_periodic_recording_rewrites_back_off_as_the_file_grows(tmp_path):
-    """Each periodic rewrite costs the whole npz, so its interval grows with it (1 s per MB past 3 s): an 8-hour
-    session is not rewritten every 3 s. The final flush always writes."""
-    from streamtag.stream.pipeline import HopResult
-    from streamtag.stream.recorder import Recorder
-
-    labels = audioset_labels()
-    recorder = Recorder(tmp_path / "rec", labels, "cnn6", 32000, 2.0, 0.3, top_k=3)
-    row = np.linspace(0, 1, len(labels), dtype=np.float32)
-    add = lambda i: recorder.add(HopResult(i, i * 0.3, row, row, 1.0, 1.0))  # noqa: E731
-    add(0)
-    recorder.flush(0.3, force=False)
-    assert len(load_result(tmp_path / "rec.npz").time) == 1
-    add(1)
-    recorder.flush(0.6, force=False)  # not due yet: 3 s since the last rewrite have not passed
-    assert len(load_result(tmp_path / "rec.npz").time) == 1
-    recorder.flush(0.6)  # the final flush
-    assert len(load_result(tmp_path / "rec.npz").time) == 2
-    assert recorder.rewrite_interval() == 3.0
-    for i in range(2, 96_000):  # 8 hours of 0.3 s hops
-        recorder._times.append(i * 0.3)
-        recorder._scores.append(row)
-    assert recorder.rewrite_interval() == pytest.approx(96_000 * 527 * 4 / 1e6)  # ~202 s between rewrites
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]  # no result, no empty wav, no part, no temp file

@@ -1,9 +1,10 @@
 """Sinks that keep a live session: `Recorder` (PREFIX.npz + PREFIX.txt), `WavRecorder` (the audio), `JsonLines`.
 
-The recorder writes the same files batch tagging and parsing write (results.save_result, results.format_txt_block), so
-`streamtag parse PREFIX.npz` works on a recording. Files are rewritten atomically every few seconds from the main
-thread (`flush`), never from the inference thread, so a crash loses seconds, not the session, and the inference
-thread only appends to lists.
+The recorder writes the files batch tagging and parsing write, so `streamtag parse PREFIX.npz` works on a recording
+and gives PREFIX.txt byte for byte. While the session runs they are append-only parts (recording.py): the inference
+thread only queues each hop's columns and text block; the main thread's `flush` appends what is new every few seconds,
+so memory stays constant and each flush writes only the new rows, however long the session. `finish` turns the parts
+into PREFIX.npz / PREFIX.txt; a session that scored no window leaves neither (there is nothing to parse).
 """
 
 from __future__ import annotations
@@ -12,144 +13,142 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 
 from streamtag.errors import StreamtagError
+from streamtag.recording import PART, PartWriter, WavAppender, part_dir
 from streamtag.stream.pipeline import SAMPLE_RATE, HopResult
-from streamtag.utils import atomic_write_text, new_file_mode
 
-FLUSH_SECONDS = 3.0  # the shortest interval between periodic rewrites of a recording
+FLUSH_SECONDS = 3.0  # the interval between appends of a recording: what SIGKILL can lose at most
+
+
+def hop_columns(result: HopResult) -> dict[str, Any]:
+    """One window's per-window columns, named as in the npz; a new per-window array is one more entry here."""
+    return {"time": result.time, "scores": result.scores, "level": result.level_db}
+
+
+def unfinished_error(paths: Sequence[Path], option: str) -> StreamtagError:
+    names = ", ".join(map(str, paths))
+    return StreamtagError(f"{option}: {names} is there: an unfinished recording (a session still running, or one "
+                          f"that was killed); run `streamtag recover {paths[0]}` or pick another name")
 
 
 class Recorder:
-    """Collect HopResults; `flush(duration)` rewrites PREFIX.npz (raw scores) and PREFIX.txt (top-k of what is shown:
-    smoothed unless smoothing is off)."""
+    """Collect HopResults; `flush()` appends the new ones to the parts, `finish(duration)` completes PREFIX.npz (raw
+    scores) and PREFIX.txt (top-k of what is shown: smoothed unless smoothing is off)."""
 
     def __init__(self, prefix: str | os.PathLike, labels: Sequence[str], model: str, sample_rate: int,
-                 sample_duration: float, hop_duration: float, top_k: int, smoothed: bool = True, source: str = "",
-                 wall_clock: Callable[[], float | None] | None = None):
+                 sample_duration: float, hop_duration: float, top_k: int, smooth_size: int | None = 5,
+                 source: str = "", wall_clock: Callable[[], float | None] | None = None, audio: str | None = None):
         prefix = str(prefix)
         for suffix in (".npz", ".txt"):  # `--record run.npz` means the prefix `run`
             if prefix.endswith(suffix):
                 prefix = prefix[: -len(suffix)]
         self.npz_path = Path(prefix + ".npz")
         self.txt_path = Path(prefix + ".txt")
+        self.txt_part = Path(prefix + ".txt" + PART)
+        stale = [p for p in (part_dir(self.npz_path), self.txt_part) if p.exists()]
+        if stale:
+            raise unfinished_error(stale, "--record")
+        self.labels = list(labels)
+        self.top_k = top_k
+        self.smooth_size = smooth_size
+        self._wall_clock = wall_clock or (lambda: None)  # asked at each flush: a live stream's start is known late
+        self._pending: list[tuple[dict[str, Any], str]] = []
+        self._lock = threading.Lock()  # held only to swap the pending list
+        self.rows = 0
+        meta = dict(labels=self.labels, model=model, sample_rate=int(sample_rate),
+                    sample_duration=float(sample_duration), hop_duration=float(hop_duration), source=source,
+                    top_k=top_k, smooth_size=smooth_size, audio=None if audio is None else str(Path(audio).absolute()))
         try:
             self.npz_path.parent.mkdir(parents=True, exist_ok=True)
+            self.part = PartWriter(self.npz_path, meta)
+            self._txt = os.open(self.txt_part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
         except OSError as e:
-            raise StreamtagError(f"--record {prefix}: cannot create {self.npz_path.parent} ({e.strerror}); "
+            raise StreamtagError(f"--record {prefix}: cannot write there ({e.strerror or e}); "
                                  "pick a writable place") from None
-        self.labels = list(labels)
-        self.model = model
-        self.sample_rate = int(sample_rate)
-        self.sample_duration = float(sample_duration)
-        self.hop_duration = float(hop_duration)
-        self.top_k = top_k
-        self.smoothed = smoothed
-        self.source = source
-        self._wall_clock = wall_clock or (lambda: None)  # asked at each flush: a live stream's start is known late
-        self._times: list[float] = []
-        self._levels: list[float] = []
-        self._scores: list[np.ndarray] = []
-        self._blocks: list[str] = []
-        self._lock = threading.Lock()  # held only for list appends / a length read
-        self._flushed_rows, self._flushed_at = -1, 0.0
 
     @property
     def paths(self) -> list[Path]:
         return [self.npz_path, self.txt_path]
 
     def add(self, result: HopResult) -> None:
-        """Called by the inference thread for every scored window."""
+        """Called by the inference thread for every scored window: queue its columns and its txt block."""
         from streamtag.results import format_txt_block, top_k
 
-        row = result.smoothed if self.smoothed else result.scores
+        row = result.smoothed if self.smooth_size else result.scores
         block = format_txt_block(result.time, top_k(row, self.top_k, self.labels))
         with self._lock:
-            self._times.append(result.time)
-            self._levels.append(result.level_db)
-            self._scores.append(result.scores)
-            self._blocks.append(block)
+            self._pending.append((hop_columns(result), block))
 
     def __len__(self) -> int:
-        return len(self._times)
+        return self.rows + len(self._pending)
 
-    def rewrite_interval(self) -> float:
-        """Seconds between periodic rewrites: FLUSH_SECONDS, or one second per MB of the npz once it is larger."""
-        return max(FLUSH_SECONDS, len(self) * len(self.labels) * 4 / 1e6)
-
-    def flush(self, duration: float, force: bool = True) -> None:
-        """Rewrite both files with every window so far (atomic: readers see the old or the new file).
-
-        Without `force` (the periodic flushes) a rewrite happens only when new windows came and the last one is at
-        least `rewrite_interval()` old: each rewrite costs the whole file, so its interval grows with the file and
-        the disk traffic stays near 1 MB/s however long the session runs (3 s apart for the first ~8 minutes).
-        """
-        from streamtag.results import TagResult, save_result
-
-        now = time.monotonic()
-        if not force and (len(self) == self._flushed_rows or now - self._flushed_at < self.rewrite_interval()):
-            return
+    def flush(self, duration: float) -> None:
+        """Append the windows queued since the last flush (the txt after the npz columns), and the duration."""
         with self._lock:
-            n = len(self._times)
-            times, scores, blocks = self._times[:n], self._scores[:n], self._blocks[:n]
-            levels = self._levels[:n]
-        result = TagResult(time=np.asarray(times, dtype=np.float64),
-                           scores=np.stack(scores).astype(np.float32) if n else np.zeros((0, len(self.labels)),
-                                                                                          np.float32),
-                           duration=float(duration), sample_rate=self.sample_rate, model=self.model,
-                           sample_duration=self.sample_duration, hop_duration=self.hop_duration,
-                           labels=list(self.labels), level=np.asarray(levels, dtype=np.float32),
-                           source=self.source, wall_clock=self._wall_clock())
+            pending, self._pending = self._pending, []
         try:
-            save_result(self.npz_path, result)
-            atomic_write_text(self.txt_path, "".join(blocks))
-            self._flushed_rows, self._flushed_at = n, now
+            if pending:
+                names = pending[0][0].keys()
+                self.part.append({name: np.stack([np.asarray(c[name]) for c, _ in pending]) for name in names})
+                text = "".join(block for _, block in pending).encode("utf-8")
+                view = memoryview(text)
+                while view:
+                    view = view[os.write(self._txt, view):]
+                self.rows += len(pending)
+            self.part.set_state(duration=float(duration), wall_clock=self._wall_clock())
         except OSError as e:
-            raise StreamtagError(f"--record: cannot write {self.npz_path} ({e.strerror or e}); "
+            raise StreamtagError(f"--record: cannot write {part_dir(self.npz_path)} ({e.strerror or e}); "
                                  "check the disk and the directory's permissions") from None
 
+    def discard(self) -> None:
+        """Remove the parts (a session that never started: the device or the model failed)."""
+        import shutil
 
-class WavRecorder:
-    """The 32 kHz mono stream, written as it comes to a hidden temp file beside FILE, renamed onto FILE at close."""
+        with contextlib.suppress(OSError):
+            os.close(self._txt)
+        self.part.close()
+        shutil.rmtree(self.part.dir, ignore_errors=True)
+        self.txt_part.unlink(missing_ok=True)
+
+    def finish(self, duration: float) -> list[Path]:
+        """The last flush, then PREFIX.npz (streamed from the part) and PREFIX.txt (renamed); returns what was
+        written: nothing when no window was scored (both parts are removed)."""
+        try:
+            self.flush(duration)
+        finally:
+            os.close(self._txt)
+        try:
+            if self.part.finish() is None:
+                self.txt_part.unlink(missing_ok=True)
+                return []
+            os.replace(self.txt_part, self.txt_path)
+        except OSError as e:
+            raise StreamtagError(f"--record: cannot complete {self.npz_path} ({e.strerror or e}); the rows are kept "
+                                 f"in {part_dir(self.npz_path)}: free some space, then `streamtag recover "
+                                 f"{self.npz_path}`") from None
+        return self.paths
+
+
+class WavRecorder(WavAppender):
+    """--save-audio: the 32 kHz mono stream the model heard, as FILE.wav.part while recording (valid at every
+    moment: the header follows each block), renamed onto FILE at the end; a stream of no sample leaves nothing."""
 
     def __init__(self, path: str | os.PathLike):
-        import soundfile as sf
-
-        self.path = Path(path)
+        path = Path(path)
+        if Path(str(path) + PART).exists():
+            raise unfinished_error([Path(str(path) + PART)], "--save-audio")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.wav", dir=self.path.parent)
-            os.close(fd)
-            os.chmod(tmp, new_file_mode())  # mkstemp makes it 0600; the final file gets the usual permissions
-            self._tmp = Path(tmp)
-            self._file = sf.SoundFile(tmp, mode="w", samplerate=SAMPLE_RATE, channels=1, subtype="FLOAT",
-                                      format="WAV")
-        except (OSError, sf.LibsndfileError) as e:
-            raise StreamtagError(f"--save-audio {path}: cannot write there ({e}); pick a writable .wav path") \
-                from None
-        self.frames = 0
-
-    def write(self, block: np.ndarray) -> None:
-        self._file.write(block)
-        self.frames += len(block)
-
-    def close(self) -> None:
-        """Finish the file and move it into place (kept even when the session ended on an error)."""
-        self._file.close()
-        os.replace(self._tmp, self.path)
-
-    def discard(self) -> None:
-        with contextlib.suppress(Exception):
-            self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            super().__init__(path, SAMPLE_RATE)
+        except OSError as e:
+            raise StreamtagError(f"--save-audio {path}: cannot write there ({e.strerror or e}); pick a writable "
+                                 ".wav path") from None
 
 
 class JsonLines:
@@ -165,10 +164,10 @@ class JsonLines:
         self.stream = stream or sys.stdout
 
     def add(self, result: HopResult) -> None:
-        from streamtag.results import jsonl_record, shown_top_k
+        from streamtag.results import jsonl_record, top_k
 
         row = result.smoothed if self.smoothed else result.scores
-        record = jsonl_record(result.time, shown_top_k(row, self.top_k, self.labels, self.mask))
+        record = jsonl_record(result.time, top_k(row, self.top_k, self.labels, self.mask))
         record.update(index=result.index, inference_ms=round(result.inference_ms, 3),
                       delay_ms=None if result.delay_ms is None else round(result.delay_ms, 3))
         self.stream.write(json.dumps(record) + "\n")

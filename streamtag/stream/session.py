@@ -2,8 +2,10 @@
 
 The order matters and lives here so `live` and `replay` share it: everything that can fail on a user's input (label
 names, output paths, the device, the file, the model) fails before audio starts; the model is warmed up before the
-source starts so the first window is not skipped; Ctrl-C/SIGTERM only set a flag, so the recording is always
-completed; a source that dies (device unplugged) ends the session with what was recorded kept and a non-zero exit.
+source starts so the first window is not skipped; Ctrl-C, SIGTERM and SIGHUP (the terminal closed) only set a flag,
+so the recording is always completed; a source that dies (device unplugged) ends the session with what was recorded
+kept and a non-zero exit. A session that scored no window writes no result (there would be nothing to parse) and
+says so; audio it captured is kept.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from rich.console import Console
 from streamtag.errors import StreamtagError
 from streamtag.events.model import EventListener
 from streamtag.stream.pipeline import Pipeline, PipelineState
-from streamtag.stream.recorder import JsonLines, Recorder, WavRecorder
-
+from streamtag.stream.recorder import FLUSH_SECONDS, JsonLines, Recorder, WavRecorder
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Summary:
 
 @contextlib.contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[list[str]]:
-    """While inside, SIGINT/SIGTERM set `stop` (and record which) instead of killing the process mid-write."""
+    """While inside, SIGINT/SIGTERM/SIGHUP set `stop` (and record which) instead of killing the process mid-write."""
     caught: list[str] = []
     if threading.current_thread() is not threading.main_thread():
         yield caught
@@ -88,7 +89,7 @@ def stop_on_signals(stop: threading.Event) -> Iterator[list[str]]:
         caught.append(signal.Signals(signum).name)
         stop.set()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield caught
     finally:
@@ -109,18 +110,17 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
     from streamtag.tagging import window_sizes
 
     smooth_size = options.smooth_size if options.smooth else None
-    recorder = None
-    if options.record:
-        recorder = Recorder(options.record, labels, scorer.arch, source.sample_rate, options.sample_duration,
-                            options.hop_duration, options.top_k, smoothed=options.smooth, source=source.name,
-                            wall_clock=lambda: getattr(source, "wall_clock", None))
-    sinks: list[Any] = [recorder] if recorder is not None else []
-    if options.json:
-        sinks.append(JsonLines(labels, options.top_k, options.mask, smoothed=options.smooth))
+    recorder = wav = events = None
     board = EventBoard() if options.rules and options.dashboard else None
-    wav = WavRecorder(options.save_audio) if options.save_audio else None
-    events = None
     try:
+        wav = WavRecorder(options.save_audio) if options.save_audio else None
+        if options.record:
+            recorder = Recorder(options.record, labels, scorer.arch, source.sample_rate, options.sample_duration,
+                                options.hop_duration, options.top_k, smooth_size=smooth_size, source=source.name,
+                                wall_clock=lambda: getattr(source, "wall_clock", None), audio=options.save_audio)
+        sinks: list[Any] = [recorder] if recorder is not None else []
+        if options.json:
+            sinks.append(JsonLines(labels, options.top_k, options.mask, smoothed=options.smooth))
         if options.rules:
             from streamtag.events.live import SessionEvents
 
@@ -138,6 +138,8 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
     except BaseException:
         if wav:
             wav.discard()
+        if recorder:
+            recorder.discard()
         if events:
             events.abort()
         raise
@@ -154,10 +156,12 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
             source.start()
             pipeline.start()
             with screen:
+                flushed = time.monotonic()
                 while pipeline.running and not stop.is_set():
                     pipeline.join(timeout=0.1)
-                    if recorder is not None:  # rewrites only when due (Recorder.rewrite_interval)
-                        recorder.flush(pipeline.state.audio_seconds, force=False)
+                    if recorder is not None and time.monotonic() - flushed >= FLUSH_SECONDS:
+                        recorder.flush(pipeline.state.audio_seconds)  # appends only the windows since the last
+                        flushed = time.monotonic()
                     if events is not None:
                         events.flush()
                 pipeline.stop()
@@ -174,11 +178,9 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
                 if events is not None:  # active events end with the stream; clips and the log are completed
                     events.finish(state.audio_seconds)
                 if recorder is not None:
-                    recorder.flush(state.audio_seconds)
-                    outputs += recorder.paths
+                    outputs += recorder.finish(state.audio_seconds)
             finally:
-                if wav:
-                    wav.close()
+                if wav and wav.close() is not None:
                     outputs.append(wav.path)
     if options.plot is not None and recorder is not None and len(recorder) and pipeline.exception is None:
         from streamtag.plot import plot_result
@@ -191,6 +193,10 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
                       notes=events.summary() if events is not None else [])
     for line in summary.lines():
         print(f"streamtag: {line}", file=sys.stderr, flush=True)
+    if recorder is not None and state.hops == 0:
+        print(f"streamtag: no window was scored ({state.audio_seconds:.1f} s of audio, a window is "
+              f"{options.sample_duration:g} s), so no {recorder.npz_path} or {recorder.txt_path} was written",
+              file=sys.stderr, flush=True)
     if pipeline.exception is not None:
         raise pipeline.exception
     source_exception = getattr(source, "exception", None)
@@ -206,6 +212,10 @@ def stream_options(ns: Any, labels: Sequence[str]) -> StreamOptions:
     """StreamOptions from parsed `live`/`replay` options; checks --only/--ignore label names up front."""
     from streamtag.dashboard import label_mask
 
+    if ns.duration is not None and ns.duration < ns.sample_duration:
+        raise StreamtagError(f"--duration {ns.duration:g} is shorter than one window (--sample-duration "
+                             f"{ns.sample_duration:g}), so no window would be scored; give a longer --duration",
+                             exit_code=2)
     plot = None
     if ns.plot:
         if not ns.record:
