@@ -25,6 +25,8 @@ import pytest
 SINK = "streamtag_test"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ROOT = Path(__file__).resolve().parent.parent
+REAL_HOME = Path.home()  # before the `pulse` fixture points HOME at its private one
+SESSION_START = time.time()
 
 
 def need(reason: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import start_pulseaudio, stop_pulseaudio, streamtag_cmd
+from conftest import REAL_HOME, SESSION_START, Child, start_pulseaudio, stop_pulseaudio, streamtag_cmd
 
 from streamtag.results import load_result
 
@@ -61,6 +61,16 @@ def live_cmd(weights, *extra):
                          "--weights", weights, *extra)
 
 
+def test_the_pulse_server_writes_nothing_into_the_real_home(pulse):
+    assert Path(pulse.env["HOME"]).is_relative_to(pulse.runtime_dir) and Path.home() == pulse.home
+    written = [p for p in pulse.home.rglob("*") if p.is_file()]
+    assert any("cookie" in p.name for p in written), written  # PulseAudio's state went to the private HOME
+    pulse_dir = REAL_HOME / ".config" / "pulse"
+    touched = [p for p in pulse_dir.rglob("*") if p.lstat().st_mtime >= SESSION_START] if pulse_dir.exists() else []
+    assert touched == [] and not (REAL_HOME / ".asoundrc").exists() or \
+        (REAL_HOME / ".asoundrc").stat().st_mtime < SESSION_START
+
+
 def test_devices_lists_the_pulse_device(pulse, cli_env):
     done = subprocess.run(streamtag_cmd("devices"), env={**cli_env, **pulse.env}, capture_output=True, text=True,
                           timeout=60)
@@ -79,20 +89,14 @@ def test_a_device_name_that_matches_nothing_lists_what_exists(pulse, cli_env, cn
 
 def test_live_capture_records_what_was_played(pulse, played, tmp_path, cli_env, cnn6_weights):
     wav, signal_played = played
-    proc = subprocess.Popen(live_cmd(cnn6_weights, "--duration", "12", "--record", tmp_path / "live",
-                                     "--save-audio", tmp_path / "live.wav"),
-                            env={**cli_env, **pulse.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = proc.stdout.readline()  # the first window is scored: the stream is running
-        assert first, proc.stderr.read()
+    with Child(live_cmd(cnn6_weights, "--duration", "12", "--record", tmp_path / "live", "--save-audio",
+                        tmp_path / "live.wav"), {**cli_env, **pulse.env}) as child:
+        (first,) = child.lines(1)  # the first window is scored: the stream is running
         player = pulse.play(wav)
         assert player.wait(timeout=30) == 0, player.stderr.read()
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    records = [json.loads(first)] + [json.loads(line) for line in out.splitlines()]
+        rc, out, err = child.finish(timeout=60)
+    assert rc == 0, err
+    records = [json.loads(first)] + [json.loads(line) for line in out]
 
     expected_hops = (12 * SR - 2 * SR) // 9600 + 1  # 34 windows end within 12 s of audio
     result = load_result(tmp_path / "live.npz")
@@ -150,20 +154,15 @@ def test_capture_at_another_rate_is_resampled_to_32k(pulse, played, tmp_path, cn
 
 
 def test_ctrl_c_during_live_saves_the_recording(pulse, tmp_path, cli_env, cnn6_weights):
-    proc = subprocess.Popen(live_cmd(cnn6_weights, "--record", tmp_path / "c", "--save-audio", tmp_path / "c.wav"),
-                            env={**cli_env, **pulse.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        lines = [proc.stdout.readline() for _ in range(3)]
-        assert all(lines), proc.stderr.read() if proc.poll() is not None else "no output"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+    with Child(live_cmd(cnn6_weights, "--record", tmp_path / "c", "--save-audio", tmp_path / "c.wav"),
+               {**cli_env, **pulse.env}) as child:
+        child.lines(3)
+        child.proc.send_signal(signal.SIGINT)
+        rc, out, err = child.finish(timeout=60)
+    assert rc == 0, err
     assert "stopped by SIGINT" in err and "c.npz" in err and "c.wav" in err
     result = load_result(tmp_path / "c.npz")
-    assert len(result.time) == 3 + len(out.splitlines())
+    assert len(result.time) == 3 + len(out)
     assert (tmp_path / "c.txt").read_text().count("\n\n") == len(result.time)
     audio, rate = sf.read(tmp_path / "c.wav", dtype="float32")
     assert rate == SR and len(audio) >= 2 * SR + 2 * 9600
@@ -173,20 +172,14 @@ def test_device_lost_mid_session_keeps_the_recording(pulse, tmp_path, cli_env, c
     """A second PulseAudio server, killed under a running session: the device is gone for good."""
     doomed = start_pulseaudio(tmp_path / "xdg", sink="doomed")
     try:
-        proc = subprocess.Popen(live_cmd(cnn6_weights, "--record", tmp_path / "d", "--save-audio",
-                                         tmp_path / "d.wav"),
-                                env={**cli_env, **doomed.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        try:
-            assert proc.stdout.readline(), proc.stderr.read() if proc.poll() is not None else "no output"
+        with Child(live_cmd(cnn6_weights, "--record", tmp_path / "d", "--save-audio", tmp_path / "d.wav"),
+                   {**cli_env, **doomed.env}) as child:
+            child.lines(1)
             stop_pulseaudio(doomed)
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+            rc, _, err = child.finish(timeout=60)
     finally:
         stop_pulseaudio(doomed)
-    assert proc.returncode == 1, err
+    assert rc == 1, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("streamtag: error: input device") and "kept what was recorded" in last, err
     result = load_result(tmp_path / "d.npz")
