@@ -29,7 +29,7 @@ import shutil
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -125,7 +125,11 @@ def _read_column_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int, int
 
 
 def _columns(part: Path) -> dict[str, tuple[np.dtype, tuple[int, ...], int, int]]:
-    return {p.stem: _read_column_header(p) for p in sorted(part.glob("*.npy"))}
+    try:
+        return {p.stem: _read_column_header(p) for p in sorted(part.glob("*.npy"))}
+    except OSError as e:  # the session finished (and removed its part) while we read it, or a permission problem
+        raise StreamtagError(f"{part}: cannot read the recording ({e.strerror or e}); if its session just "
+                             "ended, read the finished PREFIX.npz") from None
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -140,7 +144,12 @@ class PartWriter:
         self.npz_path = Path(npz_path)
         self.dir = part_dir(npz_path)
         self.dir.mkdir()
-        atomic_write_text(self.dir / "meta.json", json.dumps({"layout": LAYOUT_VERSION, **meta}, ensure_ascii=False))
+        try:
+            atomic_write_text(self.dir / "meta.json", json.dumps({"layout": LAYOUT_VERSION, **meta},
+                                                                 ensure_ascii=False))
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         self.columns: dict[str, ColumnFile] = {}
         self._state: dict[str, Any] = {}
 
@@ -223,8 +232,12 @@ def read_part(part: str | os.PathLike) -> dict[str, np.ndarray]:
     data: dict[str, np.ndarray] = {}
     for name, (dtype, row_shape, offset, _) in columns.items():
         count = rows * int(np.prod(row_shape, dtype=np.int64))
-        with open(part / f"{name}.npy", "rb") as f:
-            data[name] = np.fromfile(f, dtype=dtype, count=count, offset=offset).reshape((rows, *row_shape))
+        try:
+            with open(part / f"{name}.npy", "rb") as f:
+                data[name] = np.fromfile(f, dtype=dtype, count=count, offset=offset).reshape((rows, *row_shape))
+        except (OSError, ValueError) as e:
+            raise StreamtagError(f"{part}: cannot read {name}.npy ({' '.join(str(e).split())}); "
+                                 "see docs/file-formats.md") from None
     data.update(_scalars(meta, state, data["time"]))
     return data
 
@@ -279,18 +292,7 @@ class WavAppender:
         self.sample_rate = int(sample_rate)
         self.frames = 0
         self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL, new_file_mode())
-        os.write(self._fd, self._header(0))
-
-    def _header(self, data_bytes: int) -> bytes:
-        rf64 = self.HEADER - 8 + data_bytes > self.RIFF_LIMIT
-        riff = self.HEADER - 8 + data_bytes
-        fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 3, 1, self.sample_rate, self.sample_rate * 4, 4, 32)
-        if rf64:
-            ds64 = struct.pack("<4sIQQQI", b"ds64", 28, riff, data_bytes, data_bytes // 4, 0)
-            return struct.pack("<4sI4s", b"RF64", self.RIFF_LIMIT, b"WAVE") + ds64 + fmt + \
-                struct.pack("<4sI", b"data", self.RIFF_LIMIT)
-        junk = struct.pack("<4sI", b"JUNK", 28) + bytes(28)
-        return struct.pack("<4sI4s", b"RIFF", riff, b"WAVE") + junk + fmt + struct.pack("<4sI", b"data", data_bytes)
+        os.write(self._fd, wav_header(self.sample_rate, 0, self.RIFF_LIMIT))
 
     def write(self, block: np.ndarray) -> None:
         """Append `block` (float32 mono at `sample_rate`) and bring the header up to date."""
@@ -300,7 +302,7 @@ class WavAppender:
             n = os.pwrite(self._fd, data, size)
             data, size = data[n:], size + n
         self.frames += len(block)
-        os.pwrite(self._fd, self._header(self.frames * 4), 0)
+        os.pwrite(self._fd, wav_header(self.sample_rate, self.frames * 4, self.RIFF_LIMIT), 0)
 
     def close(self) -> Path | None:
         """Move the part onto FILE; a stream with no sample at all is removed instead (returns None)."""
@@ -317,6 +319,19 @@ class WavAppender:
         self.part.unlink(missing_ok=True)
 
 
+def wav_header(sample_rate: int, data_bytes: int, riff_limit: int = WavAppender.RIFF_LIMIT) -> bytes:
+    """The 80-byte header of a float32 mono WAV holding `data_bytes`: RIFF with a JUNK chunk, or RF64 with ds64 in
+    its place once the RIFF size would pass `riff_limit`."""
+    riff = WavAppender.HEADER - 8 + data_bytes
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 3, 1, sample_rate, sample_rate * 4, 4, 32)
+    if riff > riff_limit:
+        ds64 = struct.pack("<4sIQQQI", b"ds64", 28, riff, data_bytes, data_bytes // 4, 0)
+        return struct.pack("<4sI4s", b"RF64", 0xFFFFFFFF, b"WAVE") + ds64 + fmt + \
+            struct.pack("<4sI", b"data", 0xFFFFFFFF)
+    junk = struct.pack("<4sI", b"JUNK", 28) + bytes(28)
+    return struct.pack("<4sI4s", b"RIFF", riff, b"WAVE") + junk + fmt + struct.pack("<4sI", b"data", data_bytes)
+
+
 def fix_wav(part: Path, dest: Path) -> Path | None:
     """A killed session's `FILE.wav.part` → FILE: the header is set from the file's real size (whole frames), the
     file renamed. An empty one is removed (None)."""
@@ -330,11 +345,9 @@ def fix_wav(part: Path, dest: Path) -> Path | None:
             f.close()
             part.unlink()
             return None
-        writer = WavAppender.__new__(WavAppender)
-        writer.sample_rate, writer.frames = rate, frames
         f.truncate(WavAppender.HEADER + frames * 4)
         f.seek(0)
-        f.write(writer._header(frames * 4))  # noqa: SLF001
+        f.write(wav_header(rate, frames * 4))
     os.replace(part, dest)
     return dest
 
@@ -378,8 +391,3 @@ def recover(target: str | os.PathLike) -> list[str]:
     shutil.rmtree(part)
     Path(prefix + ".txt" + PART).unlink(missing_ok=True)
     return lines + [f"{part} → {npz}, {txt} ({len(result.time)} windows, {result.duration:.1f} s)"]
-
-
-def unfinished(paths: Iterable[Path]) -> list[Path]:
-    """Those of `paths` (a session's .part outputs) that already exist: an earlier session still running or killed."""
-    return [p for p in paths if p.exists()]

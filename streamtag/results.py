@@ -128,8 +128,13 @@ def load_result(path: str | os.PathLike) -> TagResult:
     path = Path(path)
     hint = "pass an .npz written by `streamtag tag`"
     if is_part_dir(path) or is_part_dir(part_dir(path)):
-        data = read_part(path if is_part_dir(path) else part_dir(path))
-        return _result_from_arrays(path, data, "pass a recording's PREFIX.npz (see docs/file-formats.md)")
+        try:
+            data = read_part(path if is_part_dir(path) else part_dir(path))
+            return _result_from_arrays(path, data, "pass a recording's PREFIX.npz (see docs/file-formats.md)")
+        except StreamtagError:
+            if is_part_dir(path) or is_part_dir(part_dir(path)) or not path.is_file():
+                raise
+            # The session finished (its part is gone) while we read it: its npz is complete now.
     if not path.exists():
         raise StreamtagError(f"{path}: no such file; {hint}")
     if path.is_dir():

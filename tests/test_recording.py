@@ -319,3 +319,27 @@ def test_ctrl_c_before_the_first_window_keeps_the_audio_and_writes_no_result(tmp
     assert out == [] and "stopped by SIGINT" in err and "no window was scored" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "r.wav"]
     assert sf.info(str(tmp_path / "r.wav")).frames >= SR
+
+
+def test_recover_with_nothing_to_recover_is_a_one_line_error(tmp_path, cli_env):
+    done = run(streamtag_cmd("recover", tmp_path / "nothing"), cli_env)
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0 and "no unfinished recording" in done.stderr
+
+
+def test_a_part_that_vanishes_while_read_falls_back_to_the_finished_npz(tmp_path, monkeypatch):
+    import streamtag.recording as recording
+
+    rng = np.random.default_rng(5)
+    rec = recorder(tmp_path / "v")
+    for i in range(3):
+        rec.add(hop(i, rng))
+    rec.flush(duration=2.6)
+    real_read_part = recording.read_part
+
+    def finish_then_read(part):  # the session ends between the reader's look and its read
+        rec.finish(duration=2.6)
+        return real_read_part(part)
+
+    monkeypatch.setattr(recording, "read_part", finish_then_read)
+    assert len(load_result(tmp_path / "v.npz").time) == 3

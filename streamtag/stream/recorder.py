@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -67,8 +68,14 @@ class Recorder:
         try:
             self.npz_path.parent.mkdir(parents=True, exist_ok=True)
             self.part = PartWriter(self.npz_path, meta)
+        except OSError as e:
+            raise StreamtagError(f"--record {prefix}: cannot write there ({e.strerror or e}); "
+                                 "pick a writable place") from None
+        try:
             self._txt = os.open(self.txt_part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
         except OSError as e:
+            self.part.close()
+            shutil.rmtree(self.part.dir, ignore_errors=True)
             raise StreamtagError(f"--record {prefix}: cannot write there ({e.strerror or e}); "
                                  "pick a writable place") from None
 
@@ -108,8 +115,6 @@ class Recorder:
 
     def discard(self) -> None:
         """Remove the parts (a session that never started: the device or the model failed)."""
-        import shutil
-
         with contextlib.suppress(OSError):
             os.close(self._txt)
         self.part.close()
