@@ -136,11 +136,11 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
                             keep_seconds=clip_seconds(options))
         scorer.score(np.zeros((1, pipeline.window), dtype=np.float32))  # warm-up: oneDNN primitives, allocations
     except BaseException:
-        if wav:
+        if wav is not None:
             wav.discard()
-        if recorder:
+        if recorder is not None:  # (not `if recorder`: an empty Recorder is falsy)
             recorder.discard()
-        if events:
+        if events is not None:
             events.abort()
         raise
 
