@@ -272,3 +272,35 @@ def test_events_pane_in_a_real_terminal(bursts, tmp_path, cnn6_weights, cli_env)
         assert all(len(line) <= 80 for line in lines)
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+
+
+def test_ctrl_c_mid_event_ends_it_and_finishes_its_clip(bursts, tmp_path, cli_env, cnn6_weights):
+    """SIGINT while an event is active: the event ends with the stream, its clip is complete, nothing temporary
+    is left, and the recording's npz still reproduces the log."""
+    clips = tmp_path / "clips"
+    proc = subprocess.Popen(streamtag_cmd("replay", bursts, "--speed", "2", "--no-dashboard", "--json", "--model",
+                                          "cnn6", "--weights", cnn6_weights, "--events", RULE, "--events-db",
+                                          tmp_path / "e.sqlite", "--clips", clips, "--record", tmp_path / "p"),
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            if '"type": "event_start"' in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "stopped by SIGINT" in err, err
+    logged = jsonl(tmp_path / "p.events.jsonl")
+    assert len(logged) == 1 and '"type": "event_end"' in out
+    assert without_clip(detect(tmp_path / "p.npz", RULE, cli_env)) == without_clip(logged)
+    audio, _ = sf.read(bursts, dtype="float32")
+    clip, _ = sf.read(logged[0]["clip"], dtype="float32")
+    a = round(logged[0]["start"] * SR) - 2 * SR
+    stream_end = round(load_result(tmp_path / "p.npz").duration * SR)
+    np.testing.assert_array_equal(clip, audio[a:min(round(logged[0]["end"] * SR) + SR, stream_end)])
+    assert [p.name for p in clips.iterdir()] == [Path(logged[0]["clip"]).name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -118,3 +119,24 @@ def test_events_list_and_show_commands(tmp_path, cli_env):
                           (("list", "--db", db, "--since", "soon"), "not a duration or a time")]:
         done = run(*args)
         assert done.returncode == 1 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_a_full_hand_off_drops_and_counts_instead_of_blocking(tmp_path):
+    import threading
+
+    from streamtag.events.handoff import Handoff
+
+    release = threading.Event()
+    handled = []
+
+    def slow(batch):
+        release.wait(10)
+        handled.extend(batch)
+
+    h = Handoff(slow, "test", maxsize=3, poll=0.01)
+    time.sleep(0.05)
+    accepted = [h.put(i) for i in range(10)]  # the writer is stuck: only `maxsize` wait, the rest are refused
+    assert accepted.count(True) >= 3 and not all(accepted)
+    release.set()
+    assert h.close(10.0)
+    assert handled == [i for i, ok in enumerate(accepted) if ok]
