@@ -231,6 +231,33 @@ def test_time_ticks_fall_on_round_times():
     assert step == 60 and ticks[0] == 23.0
 
 
+def test_the_wall_clock_axis_of_a_live_recording(tmp_path, monkeypatch):
+    import time
+    from datetime import datetime, timezone
+
+    from matplotlib.figure import Figure
+
+    from streamtag.plot import TimeAxis
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        start = datetime(2026, 11, 27, 6, 0, 37, tzinfo=timezone.utc).timestamp()
+        ax = Figure().add_subplot()
+        TimeAxis(start).apply(ax, 0.0, 600.0, 12)
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels[:3] == ["06:01", "06:02", "06:03"] and ax.get_xticks()[0] == 23.0  # round minutes
+        assert ax.get_xlabel() == "wall clock (UTC)"
+        result = TagResult(time=np.arange(2000) * 0.3, scores=np.zeros((2000, 527), np.float32), duration=601.7,
+                           sample_rate=48000, model="cnn14", sample_duration=2.0, hop_duration=0.3, labels=LABELS,
+                           level=np.full(2000, -30.0, np.float32), source="0: pulse", wall_clock=start)
+        save_result(tmp_path / "live.npz", result)
+        assert_picture(plot_result(tmp_path / "live.npz", PlotOptions(time_axis="wall")))  # auto would pick wall
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_events_file_lines_are_events(tmp_path):
     e = Event(id="x", label="Dog", start=1.0, end=2.0, peak=0.5, peak_time=1.5, classes=["Dog", "Bark"])
     (tmp_path / "e.jsonl").write_text(json.dumps(e.to_dict()) + "\n\n")
