@@ -182,7 +182,7 @@ def test_bad_requests_are_one_line(tmp_path, cli_env):
         (("plot", tmp_path / "a.npz", tmp_path / "a.npz", "--audio", SAMPLE), "--audio is the audio of one result"),
         (("plot", tmp_path / "a.npz", "--audio", tmp_path / "none.wav"), "none.wav: no such file"),
         (("plot", tmp_path / "a.npz", "--events", tmp_path / "none.jsonl"), "none.jsonl: no such file"),
-        (("plot", tmp_path / "a.npz", "--width", "5"), "must be 100 to 20000 pixels"),
+        (("plot", tmp_path / "a.npz", "--width", "5"), "must be 300 to 20000 pixels"),
         (("replay", SAMPLE, "--plot", "--no-dashboard"), "--plot draws the recording: add --record PREFIX"),
     ]
     for cmd, words in cases:
