@@ -63,8 +63,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def pixels(text: str) -> int:
     value = positive_int(text)
-    if not 100 <= value <= 20000:
-        raise argparse.ArgumentTypeError(f"must be 100 to 20000 pixels, got {text}")
+    if not 300 <= value <= 20000:
+        raise argparse.ArgumentTypeError(f"must be 300 to 20000 pixels, got {text}")
     return value
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -401,7 +402,9 @@ def draw(result: TagResult, dest: str | os.PathLike, options: PlotOptions, audio
                  f"{duration_text(duration)}{when}", fontsize="large")
 
     # Lay out once without data, so every panel's width in pixels is known before its data is pooled to it.
-    fig.draw_without_rendering()
+    with warnings.catch_warnings():  # too many panels for too few pixels: drawn cramped rather than refused
+        warnings.filterwarnings("ignore", "constrained_layout not applied")
+        fig.draw_without_rendering()
     pixels = max(1, int(score_ax.get_window_extent().width))
     fig.set_layout_engine("none")
     x0, x1 = 0.0, duration

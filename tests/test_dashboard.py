@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -159,7 +160,7 @@ def test_dashboard_in_a_real_terminal(tmp_path, cnn6_weights, cli_env):
     cmd = streamtag_cmd("replay", wav, "--model", "cnn6", "--weights", cnn6_weights, "--top-k", "5",
                         "--duration", "12")
     env = " ".join(f"{k}={shlex.quote(cli_env[k])}" for k in ("STREAMTAG_HOME", "PATH") if k in cli_env)
-    socket = f"streamtag-test-{tmp_path.name}"
+    socket = f"streamtag-test-{os.getpid()}-{tmp_path.name}"  # unique: other checkouts run this test at once
     tmux = ["tmux", "-L", socket]
     subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "30",
                     f"env {env} {shlex.join(map(str, cmd))}; sleep 60"], check=True, timeout=30)

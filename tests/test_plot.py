@@ -94,11 +94,14 @@ def test_a_recording_with_audio_and_events(tmp_path, model, cli_env):
     wav = make_wav(tmp_path / "tones.wav", 12.0)
     prefix = tmp_path / "rec"
     done = run(streamtag_cmd("replay", wav, "--fast", "--no-dashboard", "--record", prefix, "--save-audio",
-                             f"{prefix}.wav", "--plot", *model[:4]), cli_env)
+                             f"{prefix}.wav", "--events", "Music", "--plot", *model[:4]), cli_env)
     assert done.returncode == 0, done.stderr
     assert f"{prefix}.png" in done.stderr  # listed with the session's outputs
-    without_events = assert_picture(tmp_path / "rec.png")
-    assert near(without_events[: 900 // 3], (0, 0, 4), 40) > 100  # the spectrogram of the saved audio
+    logged = read_events(tmp_path / "rec.events.jsonl")  # the session's own events, drawn in its picture
+    assert logged and {e.label for e in logged} == {"Music"}
+    pixels = assert_picture(tmp_path / "rec.png")
+    assert near(pixels[: 900 // 3], (0, 0, 4), 40) > 100  # the spectrogram of the saved audio
+    assert near(pixels[int(900 * 0.75):], TAB_BLUE, 10) > 1000  # the Music lane
 
     events = [Event(id="speech-1", label="Speech", start=1.0, end=4.5, peak=0.9, peak_time=2.0),
               Event(id="siren-1", label="Siren", start=5.0, end=5.1, peak=0.7, peak_time=5.05),  # 0.1 s: still seen
@@ -110,7 +113,6 @@ def test_a_recording_with_audio_and_events(tmp_path, model, cli_env):
     lanes = pixels[int(900 * 0.75):]
     assert near(lanes, TAB_BLUE, 10) > 100  # lane 0, "Siren", sorted first: the 0.1 s event is drawn
     assert near(lanes, (255, 127, 14), 10) > 5000  # lane 1, "Speech" (C1): two long spans
-    assert near(without_events[int(900 * 0.75):], TAB_BLUE, 10) < 50
 
     # --events FILE overrides the one beside the npz; a broken one is one line and writes nothing
     (tmp_path / "bad.jsonl").write_text('{"label": "Dog"}\nnot json\n')
@@ -182,7 +184,7 @@ def test_bad_requests_are_one_line(tmp_path, cli_env):
         (("plot", tmp_path / "a.npz", tmp_path / "a.npz", "--audio", SAMPLE), "--audio is the audio of one result"),
         (("plot", tmp_path / "a.npz", "--audio", tmp_path / "none.wav"), "none.wav: no such file"),
         (("plot", tmp_path / "a.npz", "--events", tmp_path / "none.jsonl"), "none.jsonl: no such file"),
-        (("plot", tmp_path / "a.npz", "--width", "5"), "must be 100 to 20000 pixels"),
+        (("plot", tmp_path / "a.npz", "--width", "5"), "must be 300 to 20000 pixels"),
         (("replay", SAMPLE, "--plot", "--no-dashboard"), "--plot draws the recording: add --record PREFIX"),
     ]
     for cmd, words in cases:
@@ -229,6 +231,33 @@ def test_time_ticks_fall_on_round_times():
     assert step == 1 and list(ticks) == list(range(9))
     ticks, step = time_ticks(0.0, 600.0, 12, offset=37.0)  # wall clock 00:00:37 at x = 0
     assert step == 60 and ticks[0] == 23.0
+
+
+def test_the_wall_clock_axis_of_a_live_recording(tmp_path, monkeypatch):
+    import time
+    from datetime import datetime, timezone
+
+    from matplotlib.figure import Figure
+
+    from streamtag.plot import TimeAxis
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        start = datetime(2026, 11, 27, 6, 0, 37, tzinfo=timezone.utc).timestamp()
+        ax = Figure().add_subplot()
+        TimeAxis(start).apply(ax, 0.0, 600.0, 12)
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels[:3] == ["06:01", "06:02", "06:03"] and ax.get_xticks()[0] == 23.0  # round minutes
+        assert ax.get_xlabel() == "wall clock (UTC)"
+        result = TagResult(time=np.arange(2000) * 0.3, scores=np.zeros((2000, 527), np.float32), duration=601.7,
+                           sample_rate=48000, model="cnn14", sample_duration=2.0, hop_duration=0.3, labels=LABELS,
+                           level=np.full(2000, -30.0, np.float32), source="0: pulse", wall_clock=start)
+        save_result(tmp_path / "live.npz", result)
+        assert_picture(plot_result(tmp_path / "live.npz", PlotOptions(time_axis="wall")))  # auto would pick wall
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_events_file_lines_are_events(tmp_path):
