@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import need, streamtag_cmd
+from conftest import Child, need, streamtag_cmd
 from rich.console import Console
 from test_events_cli import RULE, make_bursts
 
@@ -184,17 +184,13 @@ def test_live_capture_logs_events_that_detect_reproduces(pulse, tmp_path, cli_en
     cmd = streamtag_cmd("live", "--input-device", "pulse", "--no-dashboard", "--json", "--model", "cnn6", "--weights",
                         cnn6_weights, "--duration", "12", "--events", RULE, "--events-db", db, "--clips", clips,
                         "--record", prefix, "--save-audio", tmp_path / "live.wav")
-    proc = subprocess.Popen(cmd, env={**cli_env, **pulse.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout.readline(), proc.stderr.read() if proc.poll() is not None else "no output"
+    with Child(cmd, {**cli_env, **pulse.env}) as child:
+        (first,) = child.lines(1)
         player = pulse.play(wav)
         assert player.wait(timeout=30) == 0, player.stderr.read()
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        rc, rest, err = child.finish(timeout=90)
+    out = first + "".join(rest)
+    assert rc == 0, err
     logged = jsonl(f"{prefix}.events.jsonl")
     assert logged and all(e["label"] == RULE for e in logged), err
     assert all(e["wall_start"].endswith("Z") and e["wall_end"] >= e["wall_start"] for e in logged)
