@@ -295,6 +295,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def start_notifier(args: argparse.Namespace, options: Any) -> Any:
+    """The started notify.Notifier for --mqtt/--webhook/--on-event (None without them), built before the device
+    and the model so that a bad URL or refused credentials fail first (exit 2)."""
+    from streamtag.notify import NotifySettings, build_notifier
+
+    settings = NotifySettings.from_args(args)
+    if settings.wanted and not options.rules:
+        raise StreamtagError("--mqtt, --webhook and --on-event notify about events: give --events too (a rules "
+                             "file or labels; docs/events.md)", 2)
+    return build_notifier(settings, options.rules or [], model=args.model)
+
+
 def cmd_live(args: argparse.Namespace) -> int:
     """Tag the microphone live: capture → ring buffer → inference thread → dashboard / recording."""
     from streamtag.engine import load_scorer
@@ -304,9 +316,15 @@ def cmd_live(args: argparse.Namespace) -> int:
 
     labels = audioset_labels()
     options = stream_options(args, labels)  # label names are checked before the device is touched
-    source = MicSource(args.input_device, ring_seconds(args.sample_duration, args.hop_duration, clip_seconds(options)))
-    scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
-    run_session(source, scorer, labels, options, title=f"live · {source.name}")
+    notifier = start_notifier(args, options)
+    try:
+        source = MicSource(args.input_device, ring_seconds(args.sample_duration, args.hop_duration,
+                                                           clip_seconds(options)))
+        scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
+        run_session(source, scorer, labels, options, title=f"live · {source.name}", notifier=notifier)
+    finally:
+        if notifier is not None:  # already closed by the session, unless start-up failed before it
+            notifier.close(1.0)
     return 0
 
 
@@ -326,9 +344,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise StreamtagError(f"{args.file}: {seconds:.2f} s of audio is shorter than one window (--sample-duration "
                              f"{args.sample_duration:g}), so a replay would score nothing; use `streamtag tag` (it "
                              "pads a short file to one window) or a shorter --sample-duration")
-    scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
-    pace = "fast" if args.fast else f"×{args.speed:g}"
-    run_session(source, scorer, labels, options, title=f"replay · {os.path.basename(args.file)} · {pace}")
+    notifier = start_notifier(args, options)
+    try:
+        scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
+        pace = "fast" if args.fast else f"×{args.speed:g}"
+        run_session(source, scorer, labels, options, title=f"replay · {os.path.basename(args.file)} · {pace}",
+                    notifier=notifier)
+    finally:
+        if notifier is not None:
+            notifier.close(1.0)
     return 0
 
 
