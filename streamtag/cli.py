@@ -133,6 +133,24 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-max", type=positive_float, metavar="S", help="longest clip, seconds (default: %(default)s)")
 
 
+def add_notify_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("notifications of events (need --events; docs/home-assistant.md)")
+    g.add_argument("--mqtt", metavar="URL", help="publish to an MQTT broker: mqtt://[user@]host[:port][/prefix] or "
+                                                 "mqtts://... (password: $STREAMTAG_MQTT_PASSWORD or "
+                                                 "--mqtt-password-file)")
+    g.add_argument("--mqtt-ca", metavar="FILE", help="CA certificate (PEM) that signed an mqtts:// broker's")
+    g.add_argument("--mqtt-password-file", metavar="FILE", help="file whose first line is the broker password")
+    g.add_argument("--mqtt-discovery", action=argparse.BooleanOptionalAction,
+                   help="announce a sensor per rule to Home Assistant (default: %(default)s)")
+    g.add_argument("--mqtt-discovery-prefix", metavar="PREFIX",
+                   help="Home Assistant's discovery prefix (default: %(default)s)")
+    g.add_argument("--node", metavar="NAME", help="this tagger's name in topics and messages (default: the host name)")
+    g.add_argument("--webhook", metavar="URL", action="append",
+                   help="POST each event start and end as JSON to URL (repeatable)")
+    g.add_argument("--on-event", metavar="CMD",
+                   help="run CMD (no shell) per event start and end: JSON on stdin, STREAMTAG_EVENT_* variables")
+
+
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_tag(args: argparse.Namespace) -> int:
     """Tag audio files, folders (--recursive) and --from-list files into <output-dir> (see corpus.py).
@@ -277,6 +295,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def start_notifier(args: argparse.Namespace, options: Any) -> Any:
+    """The started notify.Notifier for --mqtt/--webhook/--on-event (None without them), built before the device
+    and the model so that a bad URL or refused credentials fail first (exit 2)."""
+    from streamtag.notify import NotifySettings, build_notifier
+
+    settings = NotifySettings.from_args(args)
+    if settings.wanted and not options.rules:
+        raise StreamtagError("--mqtt, --webhook and --on-event notify about events: give --events too (a rules "
+                             "file or labels; docs/events.md)", 2)
+    return build_notifier(settings, options.rules or [], model=args.model)
+
+
 def cmd_live(args: argparse.Namespace) -> int:
     """Tag the microphone live: capture → ring buffer → inference thread → dashboard / recording."""
     from streamtag.engine import load_scorer
@@ -286,9 +316,15 @@ def cmd_live(args: argparse.Namespace) -> int:
 
     labels = audioset_labels()
     options = stream_options(args, labels)  # label names are checked before the device is touched
-    source = MicSource(args.input_device, ring_seconds(args.sample_duration, args.hop_duration, clip_seconds(options)))
-    scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
-    run_session(source, scorer, labels, options, title=f"live · {source.name}")
+    notifier = start_notifier(args, options)
+    try:
+        source = MicSource(args.input_device, ring_seconds(args.sample_duration, args.hop_duration,
+                                                           clip_seconds(options)))
+        scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
+        run_session(source, scorer, labels, options, title=f"live · {source.name}", notifier=notifier)
+    finally:
+        if notifier is not None:  # already closed by the session, unless start-up failed before it
+            notifier.close(1.0)
     return 0
 
 
@@ -308,9 +344,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise StreamtagError(f"{args.file}: {seconds:.2f} s of audio is shorter than one window (--sample-duration "
                              f"{args.sample_duration:g}), so a replay would score nothing; use `streamtag tag` (it "
                              "pads a short file to one window) or a shorter --sample-duration")
-    scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
-    pace = "fast" if args.fast else f"×{args.speed:g}"
-    run_session(source, scorer, labels, options, title=f"replay · {os.path.basename(args.file)} · {pace}")
+    notifier = start_notifier(args, options)
+    try:
+        scorer = load_scorer(args.model, args.weights, args.device, args.engine, args.threads, args.precision)
+        pace = "fast" if args.fast else f"×{args.speed:g}"
+        run_session(source, scorer, labels, options, title=f"replay · {os.path.basename(args.file)} · {pace}",
+                    notifier=notifier)
+    finally:
+        if notifier is not None:
+            notifier.close(1.0)
     return 0
 
 
@@ -548,10 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "live", cmd_live, "tag the microphone live")
     p.add_argument("--input-device", metavar="DEV", help="index or name substring (see `streamtag devices`)")
     add_stream_options(p)
+    add_notify_options(p)
 
     p = _subcommand(sub, "replay", cmd_replay, "replay an audio file through the live path")
     p.add_argument("file", metavar="FILE")
     add_stream_options(p)
+    add_notify_options(p)
     p.add_argument("--speed", type=positive_float, metavar="X", help="pace, x real time (default: %(default)s)")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction,
                    help="as fast as inference goes, no hop dropped")
@@ -625,7 +669,10 @@ def _checked(path: str, subparser: argparse.ArgumentParser, values: dict[str, An
     for dest, value in values.items():
         action, option = actions[dest], dest.replace("_", "-")
         if value is not None:
-            if isinstance(action, argparse.BooleanOptionalAction):
+            if isinstance(action, argparse._AppendAction):  # noqa: SLF001  a list key: each item checked
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise StreamtagError(f"{path}: {option}: give a list of strings, e.g. [{option.upper()}1, ...]")
+            elif isinstance(action, argparse.BooleanOptionalAction):
                 if not isinstance(value, bool):
                     raise StreamtagError(f"{path}: {option}: {value!r} is not true or false")
             elif action.type is not None:

@@ -164,23 +164,26 @@ def _level_fraction(db: float) -> float:
     return (db - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB
 
 
-def render(state: PipelineState, view: DashboardView, board: BoardState | None = None) -> RenderableType:
+def render(state: PipelineState, view: DashboardView, board: BoardState | None = None,
+           notify: str | None = None) -> RenderableType:
     """The whole screen for one snapshot (pure: same state, view, board and terminal width, same picture); `board`
-    adds the events pane (--events)."""
-    return _Screen(state, view, board)
+    adds the events pane (--events), `notify` the notifications' line (Notifier.dashboard_line())."""
+    return _Screen(state, view, board, notify)
 
 
 class _Screen:
     """Chooses the layout by the width rich offers: with sparklines at 80 columns and more, without below."""
 
-    def __init__(self, state: PipelineState, view: DashboardView, board: BoardState | None = None):
-        self.state, self.view, self.board = state, view, board
+    def __init__(self, state: PipelineState, view: DashboardView, board: BoardState | None = None,
+                 notify: str | None = None):
+        self.state, self.view, self.board, self.notify = state, view, board, notify
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield _panel(self.state, self.view, self.board, sparklines=options.max_width >= WIDTH)
+        yield _panel(self.state, self.view, self.board, sparklines=options.max_width >= WIDTH, notify=self.notify)
 
 
-def _panel(state: PipelineState, view: DashboardView, board: BoardState | None, sparklines: bool) -> RenderableType:
+def _panel(state: PipelineState, view: DashboardView, board: BoardState | None, sparklines: bool,
+           notify: str | None = None) -> RenderableType:
     end = state.history[-1].time if state.history else 0.0
     times = [r.time for r in state.history]
     info = Table.grid(padding=(0, 1))
@@ -209,6 +212,8 @@ def _panel(state: PipelineState, view: DashboardView, board: BoardState | None, 
     info.add_row("elapsed", f"{clock(state.wall_seconds)} · audio {clock(state.audio_seconds)}{status}")
     if board is not None:
         info.add_row("events", f"{len(board.active)} active · {board.finished} finished")
+    if notify is not None:
+        info.add_row("notify", notify)
 
     table = Table(expand=True, box=None, padding=(0, 1), show_edge=False)
     table.add_column("label", ratio=1, no_wrap=True, overflow="ellipsis")
@@ -237,13 +242,15 @@ class Dashboard:
     """Redraw `render(get_state(), view)` at `refresh_per_second` on rich's own thread while the block runs."""
 
     def __init__(self, view: DashboardView, get_state: Callable[[], PipelineState], console: Console | None = None,
-                 refresh_per_second: float = 4.0, board: EventBoard | None = None):
+                 refresh_per_second: float = 4.0, board: EventBoard | None = None,
+                 notify: Callable[[], str] | None = None):
         self.view = view
         self._get_state = get_state
         self._live = Live(console=console or Console(), refresh_per_second=refresh_per_second, transient=False,
                           redirect_stdout=False, redirect_stderr=False,
                           get_renderable=lambda: render(self._get_state(), self.view,
-                                                        board.state if board is not None else None))
+                                                        board.state if board is not None else None,
+                                                        notify() if notify is not None else None))
 
     def __enter__(self) -> "Dashboard":
         self._live.start(refresh=True)

@@ -174,7 +174,8 @@ class Recorder:
             while not predicate(self.messages):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"timed out waiting for {what}; got {[(m.topic, m.payload) for m in self.messages]}")
+                    seen = [(m.topic, m.payload) for m in self.messages]
+                    raise AssertionError(f"timed out waiting for {what}; got {seen}")
                 self._cond.wait(min(left, 0.5))
             return list(self.messages)
 

@@ -61,6 +61,7 @@ def test_session_in_order(broker: Broker) -> None:
         notifier.event_started(dog)
         hops(notifier, 1.2, 5, [RuleHop("Dog", 0.7, True, "dog-1", 0.8), RuleHop("Smoke detector, smoke alarm", 0.0,
                                                                                    False)])
+        rec.wait_for(lambda ms: any(m.topic == f"{BASE}/level" for m in ms), "a level reading")
         ended = event("dog-1", "Dog", 1.0, 2.5)
         notifier.event_ended(ended)
         notifier.close(10)
@@ -261,3 +262,16 @@ def test_bad_urls(url: str, says: str) -> None:
     with pytest.raises(StreamtagError) as e:
         parse_url(url)
     assert says in str(e.value) and e.value.exit_code == 2 and "pw@" not in str(e.value)
+
+
+def test_close_with_the_broker_away_counts_what_is_lost(broker: Broker, capsys: pytest.CaptureFixture) -> None:
+    broker.kill()
+    notifier = build_notifier(settings(broker.url), [Rule("Dog")])
+    assert "unreachable" in capsys.readouterr().err  # a warning, not an error: retried in the background
+    notifier.event_started(event("lost", "Dog", 1.0))
+    notifier.event_ended(event("lost", "Dog", 1.0, 2.0))
+    notifier.close(1.0)
+    notifier.close(1.0)  # a second close does nothing
+    s = dict(notifier.stats())["mqtt"]
+    assert (s.sent, s.dropped, s.pending) == (0, 2, 0)
+    assert "notify mqtt: 0 sent · 2 dropped · 0 failed · 0 reconnects" in notifier.summary_lines()

@@ -168,9 +168,11 @@ class Transport:
 
     # ------------------------------------------------------------------------------------------ shutdown
     def begin_close(self) -> None:
-        """Stop taking new items; the workers drain what is queued, then run `finish()` and exit."""
+        """Stop taking new items; the workers drain what is queued (not the latest-value slots), then run
+        `finish()` and exit."""
         with self._cond:
             self._closing = True
+            self._latest.clear()  # a level reading is not worth waiting for at exit (finish() says what is final)
             self._cond.notify_all()
 
     def end_close(self, deadline: float) -> None:

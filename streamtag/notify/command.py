@@ -6,7 +6,8 @@ variable `STREAMTAG_EVENT_<FIELD>` (TYPE, NODE, ID, LABEL, START, END, PEAK, PEA
 SOURCE, MODEL, WALL_START, WALL_END, CLIP; empty when unset). At most MAX_RUNNING run at once (one worker thread
 each); a run longer than TIMEOUT seconds is killed with its whole process group. A non-zero exit, a kill or a
 program that cannot start counts as failed (not retried: a command may not be safe to run twice); its last stderr
-line is kept for the summary. Runs still going at the close deadline are killed. Its stdout is discarded so it cannot write over the dashboard or `--json`.
+line is kept for the summary. Runs still going at the close deadline are killed. Its stdout is discarded so it
+cannot write over the dashboard or `--json`.
 """
 
 from __future__ import annotations

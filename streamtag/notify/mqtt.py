@@ -43,7 +43,8 @@ from streamtag.notify.notifier import Notification
 PASSWORD_ENV = "STREAMTAG_MQTT_PASSWORD"
 INSTALL_HINT = "install it with: pip install 'streamtag[mqtt]'"
 CONNECT_WAIT = 5.0  # seconds the start-up check waits for the broker's answer
-REFUSED_LOGIN = (134, 135)  # CONNACK "Bad user name or password", "Not authorized" (MQTT 3's 4 and 5, as paho maps them)
+REFUSED_LOGIN = (134, 135)  # CONNACK "Bad user name or password", "Not authorized" (MQTT 3's 4 and 5, as paho
+#                             maps them)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class Notifier:
         self._notified: set[str] = set()  # ids of active events that were announced
         self._last_end: dict[str, float] = {}
         self._next_level: float | None = None
+        self._closed = False
 
     def start(self) -> None:
         for t in self.transports:
@@ -93,7 +94,10 @@ class Notifier:
             t.level(level_db, active)
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Flush every transport in parallel within `timeout` seconds, then stop them."""
+        """Flush every transport in parallel within `timeout` seconds, then stop them (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         deadline = time.monotonic() + timeout
         for t in self.transports:
             t.begin_close()

@@ -98,12 +98,14 @@ def stop_on_signals(stop: threading.Event) -> Iterator[list[str]]:
 
 
 def run_session(source: Any, scorer: Any, labels: Sequence[str], options: StreamOptions, title: str,
-                console: Console | None = None, listeners: Sequence[EventListener] = ()) -> Summary:
+                console: Console | None = None, listeners: Sequence[EventListener] = (),
+                notifier: Any = None) -> Summary:
     """Score `source` with `scorer` until it ends, `options.duration` passes, or a signal; returns the summary.
 
     With `options.rules` the events detector runs as a sink; `listeners` are more `EventListener`s for it (added
     after the built-in clip writer, log and JSON outputs, so they see `Event.clip`): the one place a new event
-    output plugs in. Prints the summary to stderr. Raises StreamtagError (after completing every output) if the
+    output plugs in. `notifier` (notify.Notifier, started by the caller) is one of them that also has a dashboard
+    line and summary lines; it is closed, with its deadline, when the detector finishes. Prints the summary to stderr. Raises StreamtagError (after completing every output) if the
     source died.
     """
     from streamtag.dashboard import Dashboard, DashboardView, EventBoard
@@ -128,7 +130,8 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
             events = SessionEvents(options.rules, labels, window, hop, source, scorer.arch, options.smooth,
                                    db=options.events_db, clips=options.clips, pre_roll=options.pre_roll,
                                    post_roll=options.post_roll, clip_max=options.clip_max, record=options.record,
-                                   json=options.json, listeners=[*([board] if board else []), *listeners])
+                                   json=options.json, listeners=[*([board] if board else []), *listeners,
+                                                                 *([notifier] if notifier else [])])
             sinks.append(events)  # after JsonLines: a hop's object comes before the events it started or ended
         audio_sinks = [wav] if wav else []
         pipeline = Pipeline(source, scorer, options.sample_duration, options.hop_duration, smooth_size, sinks=sinks,
@@ -148,7 +151,8 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
     view = DashboardView(title=title, engine=scorer.describe(), hop_duration=options.hop_duration,
                          top_k=options.top_k, labels=tuple(labels), mask=options.mask, smoothed=options.smooth)
     console = console or Console(stderr=options.json)
-    screen = Dashboard(view, lambda: pipeline.state, console, board=board) if options.dashboard \
+    screen = Dashboard(view, lambda: pipeline.state, console, board=board,
+                       notify=notifier.dashboard_line if notifier else None) if options.dashboard \
         else contextlib.nullcontext()
     started = time.monotonic()
     with stop_on_signals(stop) as caught:
@@ -190,7 +194,8 @@ def run_session(source: Any, scorer: Any, labels: Sequence[str], options: Stream
     summary = Summary(audio_seconds=state.audio_seconds, wall_seconds=time.monotonic() - started, hops=state.hops,
                       skipped=state.skipped, overflows=state.overflows, overruns=state.overruns,
                       mean_ms=state.mean_ms, outputs=outputs, stopped_by=caught[0] if caught else "",
-                      notes=events.summary() if events is not None else [])
+                      notes=(events.summary() if events is not None else []) +
+                      (notifier.summary_lines() if notifier else []))
     for line in summary.lines():
         print(f"streamtag: {line}", file=sys.stderr, flush=True)
     if recorder is not None and state.hops == 0:
