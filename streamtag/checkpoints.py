@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from streamtag.errors import StreamtagError
-from streamtag.safeload import ZIP_MAGIC, NotCheckpoint, NotPlain, extract_member, read_pickled, zlib_error
+from streamtag.paths import input_file, os_reason
+from streamtag.safeload import (MAX_ARCHIVE_BYTES, ZIP_MAGIC, NotCheckpoint, NotPlain, extract_member, read_pickled,
+                                zlib_error)
 from streamtag.utils import atomic_path, file_sha256, streamtag_home
 
 ARCHS = ("cnn14", "cnn10", "cnn6")
@@ -196,10 +198,6 @@ def read_checkpoint(path: str | os.PathLike, arch: str, label: str | None = None
     """
     path = Path(path)
     name = label or str(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise StreamtagError(f"weights file {path} {what}; pass an existing .pdparams/.pth file, "
-                             "or leave out --weights to use the registry")
     try:
         obj, fmt = read_pickled(path)
         state = _flatten_state(obj)
@@ -355,8 +353,8 @@ def _prepare_cache(folder: Path) -> None:
         probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-")
         probe.close()
     except OSError as e:
-        raise StreamtagError(f"cannot write to the weights cache {folder} ({e.strerror or e}); "
-                             "set STREAMTAG_HOME to a writable folder") from None
+        raise StreamtagError(f"cannot write to the weights cache {folder} ({os_reason(e)}); "
+                             "set STREAMTAG_HOME to a writable directory") from None
     day_ago = time.time() - 24 * 3600
     for stale in [*folder.glob(".fetch-*"), *folder.glob(".*.tmp")]:
         try:
@@ -503,9 +501,8 @@ def import_checkpoint(path: str | os.PathLike, arch: str) -> tuple[Checkpoint, P
     A PaddleSpeech `.tar.gz` (its md5 checked against the registry when it matches one), a `.pdparams` or an
     authors' `.pth`; it is filed under the registry entry of its kind for `arch`.
     """
-    source = Path(path)
-    if not source.is_file():
-        raise StreamtagError(f"{source} does not exist; pass the path of a downloaded .tar.gz, .pdparams or .pth")
+    source = input_file(path, "checkpoint", "pass the path of a downloaded .tar.gz, .pdparams or .pth",
+                        MAX_ARCHIVE_BYTES)
     archive = _is_archive(source)
     if archive:
         entry = next(c for c in REGISTRY.values() if c.arch == arch and c.member)
