@@ -196,8 +196,15 @@ def read_checkpoint(path: str | os.PathLike, arch: str, label: str | None = None
     Strict: a missing or mis-shaped tensor is an error naming the arch the file looks like. `label` is how
     errors name the file (default: its path).
     """
-    path = Path(path)
     name = label or str(path)
+    state, fmt = read_state(path, name)
+    return verify_state(_to_paddle_names(state, fmt), arch, name)
+
+
+def read_state(path: str | os.PathLike, name: str) -> tuple[dict[str, np.ndarray], str]:
+    """The name → array mapping in a checkpoint file and its format ('pth' or 'pdparams'), before any arch check;
+    every problem is a one-line StreamtagError naming the file as `name` (this is what tests/fuzz exercises)."""
+    path = Path(path)
     try:
         obj, fmt = read_pickled(path)
         state = _flatten_state(obj)
@@ -208,13 +215,15 @@ def read_checkpoint(path: str | os.PathLike, arch: str, label: str | None = None
                              "or PyTorch .pth state dict") from None
     except zipfile.BadZipFile as e:
         raise StreamtagError(f"{name}: broken or truncated zip ({e}); download the checkpoint again") from None
+    # What the C unpickler raises on malformed opcodes (a wrong-arity call is a TypeError, APPEND on a dict an
+    # AttributeError, a missing memo entry a KeyError; a declared length it cannot allocate a MemoryError at once).
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            struct.error, OverflowError, MemoryError, RecursionError, zlib_error()) as e:
-        raise StreamtagError(f"{name}: corrupt or truncated checkpoint ({type(e).__name__}: {str(e)[:80]}); "
-                             "download it again") from None
+            struct.error, OverflowError, MemoryError, zlib_error()) as e:
+        raise StreamtagError(f"{name}: corrupt or truncated checkpoint ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:80]}); download it again") from None
     except OSError as e:
-        raise StreamtagError(f"{name}: cannot read ({e.strerror or e}); check the path and permissions") from None
-    return verify_state(_to_paddle_names(state, fmt), arch, name)
+        raise StreamtagError(f"{name}: cannot read ({os_reason(e, path)}); check the path and permissions") from None
+    return state, fmt
 
 
 

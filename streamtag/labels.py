@@ -41,13 +41,12 @@ def load_labels(path: str | Path | None = None) -> list[str]:
     text = read_input_text(path, "label file", LABEL_FILE_HINT, MAX_LABEL_FILE)
     lines = text.removeprefix("\ufeff").split("\n")
     if lines and lines[0].replace(" ", "").lower().startswith("index,mid,display_name"):
-        try:
-            rows = [(int(r["index"]), r["display_name"]) for r in csv.DictReader(line.rstrip("\r") for line in lines
-                                                                                  if line.strip())]
-        except (ValueError, TypeError, csv.Error) as e:
-            raise StreamtagError(f"{path}: not a valid class_labels_indices.csv ({' '.join(str(e).split())}); "
+        try:  # by position, as AudioSet writes it: index,mid,display_name (the header's spelling may vary)
+            rows = [(int(r[0]), r[2]) for r in csv.reader(line.rstrip("\r") for line in lines[1:] if line.strip())]
+        except (ValueError, IndexError, csv.Error) as e:
+            raise StreamtagError(f"{path}: not a valid class_labels_indices.csv ({' '.join(str(e).split())[:80]}); "
                                  f"{LABEL_FILE_HINT}") from None
-        if any(name is None for _, name in rows) or sorted(i for i, _ in rows) != list(range(len(rows))):
+        if sorted(i for i, _ in rows) != list(range(len(rows))):
             raise StreamtagError(f"{path}: class_labels_indices.csv rows must have index 0…N-1 and a display_name; "
                                  f"{LABEL_FILE_HINT}")
         labels = [name for _, name in sorted(rows)]

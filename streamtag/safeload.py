@@ -396,6 +396,11 @@ def check_zip(infos: list[zipfile.ZipInfo], archive_size: int) -> None:
         if info.filename in names:
             raise NotPlain(f"a zip with two members named {info.filename!r}")
         names.add(info.filename)
+        if info.flag_bits & 0x1:
+            raise NotPlain(f"member {info.filename!r} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # what torch and numpy write
+            raise NotPlain(f"member {info.filename!r} uses compression method {info.compress_type}, not stored "
+                           "or deflated")
         if info.file_size > max(MAX_RATIO * info.compress_size, info.compress_size + (64 << 10)):
             raise NotPlain(f"member {info.filename!r} claims to unpack {info.compress_size} bytes into "
                            f"{info.file_size} (more than {MAX_RATIO}×: a zip bomb)")
