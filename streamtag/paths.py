@@ -69,7 +69,7 @@ def input_file(path: str | os.PathLike, what: str, hint: str, max_bytes: int | N
     try:
         st = os.stat(p)
     except OSError as e:
-        raise StreamtagError(f"{p}: cannot open the {what}: {os_reason(e, p)}; {hint}") from None
+        raise StreamtagError(f"{p}: {os_reason(e, p)}; {hint}") from None
     except ValueError:  # an embedded NUL byte
         raise StreamtagError(f"{str(p)!r}: not a valid path (it contains a NUL byte); {hint}") from None
     kind = _kind(st.st_mode)

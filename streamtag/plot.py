@@ -107,10 +107,9 @@ def read_events(path: str | os.PathLike) -> list[Event]:
     """Events from a JSON-lines file of `Event.to_dict()` objects (blank lines skipped)."""
     path = Path(path)
     hint = "give a .jsonl of events as `streamtag events` writes them"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise StreamtagError(f"{path}: cannot read events ({e.__class__.__name__}); {hint}") from None
+    from streamtag.paths import read_input_text
+
+    lines = read_input_text(path, "events file", hint, 256 << 20).splitlines()
     events = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
