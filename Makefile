@@ -74,9 +74,9 @@ plot-sample: install
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= weights archive npz config labels audio
 fuzz: install
-	@for t in $(FUZZ_TARGETS); do \
-	  mkdir -p .fuzz/$$t && echo "== fuzz $$t ($(FUZZ_SECONDS) s)" && \
-	  $(PY) tests/fuzz/fuzz.py $$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 \
-	    -max_len=65536 -artifact_prefix=tests/fuzz/crashes/$$t- .fuzz/$$t tests/fuzz/corpus/$$t 2>&1 \
-	    | grep -E "^(#[0-9]+ +DONE|Done|==|INFO: Loaded|.*Uncaught|.*Exception|.*Error)" || exit 1; \
-	done
+	@mkdir -p .fuzz tests/fuzz/crashes; status=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p .fuzz/$$t; echo "== fuzz $$t ($(FUZZ_SECONDS) s, log .fuzz/$$t.log)"; \
+	  $(PY) tests/fuzz/fuzz.py $$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 -max_len=65536 \
+	    -artifact_prefix=tests/fuzz/crashes/$$t- .fuzz/$$t tests/fuzz/corpus/$$t > .fuzz/$$t.log 2>&1 || status=1; \
+	  grep -E "^Done|Uncaught Python exception|^[A-Za-z]+Error|ERROR: libFuzzer|Test unit written" .fuzz/$$t.log; \
+	done; exit $$status
