@@ -106,7 +106,7 @@ def collect_sources(paths: Sequence[str | os.PathLike], recursive: bool = False,
     errors: list[str] = []
     for entry in entries:
         path = Path(entry)
-        if path.is_dir():
+        if os.path.isdir(path):  # (Path.is_dir raises on ENAMETOOLONG, EACCES)
             found = [Source(f, f.relative_to(path).with_suffix("")) for f in _audio_files(path, recursive)]
             if not found:
                 where = "in it or below" if recursive else "in it (--recursive also looks in subfolders)"
@@ -200,7 +200,7 @@ def plan_jobs(sources: Iterable[Source], output_dir: str | os.PathLike, options:
     for source in sources:
         output = result_path(output_dir, source)
         try:
-            real = source.path.resolve()
+            real = Path(os.path.realpath(source.path))  # (Path.resolve raises on a symlink loop)
             if output in claimed:
                 if claimed[output][0] == real:
                     continue  # the same file reached twice (named and inside a named folder): tag it once

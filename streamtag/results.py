@@ -208,14 +208,16 @@ def _stamp(data) -> dict:
 def read_stamp(path: str | os.PathLike) -> dict | None:
     """The stamp and `model` of the result at `path` without reading its scores; None when there is no readable
     result there. For the resume rule, which looks at every output of a corpus before tagging anything."""
+    from streamtag.safeload import read_npz
+
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            stamp = _stamp(npz)
-            if "model" in npz.files and npz["model"].dtype.kind == "U" and npz["model"].size == 1:
-                stamp["model"] = str(npz["model"].reshape(()).item())
-            return stamp
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError):
+        data = read_npz(path, only=(*STAMP_KEYS, "model"))  # checked like any npz, scores left unread
+    except StreamtagError:
         return None
+    stamp = _stamp(data)
+    if "model" in data and data["model"].dtype.kind == "U" and data["model"].size == 1:
+        stamp["model"] = str(data["model"].reshape(()).item())
+    return stamp
 
 
 def _one_line(e: BaseException) -> str:

@@ -23,7 +23,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Collection
 
 import numpy as np
 
@@ -539,13 +539,15 @@ NPZ_HINT = "pass an .npz written by `streamtag tag`"
 MAX_NPZ_BYTES = 4 << 30
 
 
-def read_npz(path: str | os.PathLike, hint: str = NPZ_HINT) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike, hint: str = NPZ_HINT,
+             only: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """Every array of an `.npz`, read as data: never unpickled, every size checked before it is allocated.
 
     `np.load` trusts the `.npy` headers: a shape of 10¹² elements is allocated before a byte is read (the
     `_ArrayMemoryError`), and a zip bomb is inflated whole. Here each member's header shape × itemsize must equal
     the member's declared size exactly, the zip's declared sizes must fit the file (`check_zip`), object and
     structured dtypes are refused, and a member that is not an `.npy` array is an error, not a bytes value.
+    `only` reads just those arrays (the others are still checked by their declared sizes).
     """
     from streamtag.paths import open_input
 
@@ -560,6 +562,8 @@ def read_npz(path: str | os.PathLike, hint: str = NPZ_HINT) -> dict[str, np.ndar
                 arrays = {}
                 for info in zf.infolist():
                     key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                    if only is not None and key not in only:
+                        continue
                     with zf.open(info) as member:
                         arrays[key] = _read_npy(member, info, name, hint)
                 return arrays

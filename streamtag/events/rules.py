@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -117,7 +118,7 @@ def load_rules(spec: str, labels: Sequence[str] | None = None) -> list[Rule]:
     if not text:
         raise StreamtagError(f"--events: empty; give a YAML file or comma-separated labels ({SPEC_HINT})")
     path = Path(text)
-    if path.suffix.lower() in (".yaml", ".yml") or path.exists():
+    if path.suffix.lower() in (".yaml", ".yml") or os.path.exists(path):
         return _rules_from_yaml(path, labels)
     onto = ontology()
     names = onto.names  # a label list may use any class or node name, commas inside names included
