@@ -68,3 +68,15 @@ plot-sample: install
 	  --width 1200 --height 640 --output-dir $$tmp && \
 	mkdir -p docs/images && cp $$tmp/$$(basename $(SAMPLE) .wav).png docs/images/sample.png && \
 	echo "wrote docs/images/sample.png"
+
+# Coverage-guided fuzzing (atheris) of every file reader, FUZZ_SECONDS each. New interesting inputs go to .fuzz/
+# (not committed); a crash lands in tests/fuzz/crashes/, which tests/test_fuzz.py replays: fix it, commit the file.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= weights archive npz config labels audio
+fuzz: install
+	@mkdir -p .fuzz tests/fuzz/crashes; status=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p .fuzz/$$t; echo "== fuzz $$t ($(FUZZ_SECONDS) s, log .fuzz/$$t.log)"; \
+	  $(PY) tests/fuzz/fuzz.py $$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 -max_len=65536 \
+	    -artifact_prefix=tests/fuzz/crashes/$$t- .fuzz/$$t tests/fuzz/corpus/$$t > .fuzz/$$t.log 2>&1 || status=1; \
+	  grep -E "^Done|Uncaught Python exception|^[A-Za-z]+Error|ERROR: libFuzzer|Test unit written" .fuzz/$$t.log; \
+	done; exit $$status

@@ -17,6 +17,7 @@ import soundfile as sf
 import soxr
 
 from streamtag.errors import StreamtagError
+from streamtag.paths import input_file
 
 TARGET_RATE = 32000  # the PANNs models' rate (models.SAMPLE_RATE); kept here so decoding never imports Paddle
 FORMATS_HINT = "streamtag reads wav, flac, ogg and mp3 files"
@@ -79,19 +80,7 @@ class AudioReader:
     def __init__(self, path: str | os.PathLike, target_rate: int = TARGET_RATE):
         self.path = Path(path)
         self.target_rate = target_rate
-        p = self.path
-        if not p.exists():
-            raise StreamtagError(f"{p}: no such file; check the path")
-        if p.is_dir():
-            raise StreamtagError(f"{p}: is a directory, not an audio file; pass the files inside it")
-        try:
-            size = p.stat().st_size
-        except OSError as e:
-            raise StreamtagError(f"{p}: cannot read ({_one_line(e.strerror or e)}); check its permissions") from None
-        if size == 0:
-            raise StreamtagError(f"{p}: empty file (0 bytes); {FORMATS_HINT}")
-        if not os.access(p, os.R_OK):
-            raise StreamtagError(f"{p}: cannot read (permission denied); check its permissions")
+        p = input_file(self.path, "audio file", FORMATS_HINT)
         try:
             info = sf.info(str(p))
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:

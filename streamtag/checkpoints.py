@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from streamtag.errors import StreamtagError
-from streamtag.safeload import ZIP_MAGIC, NotCheckpoint, NotPlain, extract_member, read_pickled, zlib_error
+from streamtag.paths import input_file, os_reason
+from streamtag.safeload import (MAX_ARCHIVE_BYTES, ZIP_MAGIC, NotCheckpoint, NotPlain, extract_member, read_pickled,
+                                zlib_error)
 from streamtag.utils import atomic_path, file_sha256, streamtag_home
 
 ARCHS = ("cnn14", "cnn10", "cnn6")
@@ -194,12 +196,15 @@ def read_checkpoint(path: str | os.PathLike, arch: str, label: str | None = None
     Strict: a missing or mis-shaped tensor is an error naming the arch the file looks like. `label` is how
     errors name the file (default: its path).
     """
-    path = Path(path)
     name = label or str(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise StreamtagError(f"weights file {path} {what}; pass an existing .pdparams/.pth file, "
-                             "or leave out --weights to use the registry")
+    state, fmt = read_state(path, name)
+    return verify_state(_to_paddle_names(state, fmt), arch, name)
+
+
+def read_state(path: str | os.PathLike, name: str) -> tuple[dict[str, np.ndarray], str]:
+    """The name → array mapping in a checkpoint file and its format ('pth' or 'pdparams'), before any arch check;
+    every problem is a one-line StreamtagError naming the file as `name` (this is what tests/fuzz exercises)."""
+    path = Path(path)
     try:
         obj, fmt = read_pickled(path)
         state = _flatten_state(obj)
@@ -210,13 +215,15 @@ def read_checkpoint(path: str | os.PathLike, arch: str, label: str | None = None
                              "or PyTorch .pth state dict") from None
     except zipfile.BadZipFile as e:
         raise StreamtagError(f"{name}: broken or truncated zip ({e}); download the checkpoint again") from None
+    # What the C unpickler raises on malformed opcodes (a wrong-arity call is a TypeError, APPEND on a dict an
+    # AttributeError, a missing memo entry a KeyError; a declared length it cannot allocate a MemoryError at once).
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            struct.error, OverflowError, MemoryError, RecursionError, zlib_error()) as e:
-        raise StreamtagError(f"{name}: corrupt or truncated checkpoint ({type(e).__name__}: {str(e)[:80]}); "
-                             "download it again") from None
+            struct.error, OverflowError, MemoryError, zlib_error()) as e:
+        raise StreamtagError(f"{name}: corrupt or truncated checkpoint ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:80]}); download it again") from None
     except OSError as e:
-        raise StreamtagError(f"{name}: cannot read ({e.strerror or e}); check the path and permissions") from None
-    return verify_state(_to_paddle_names(state, fmt), arch, name)
+        raise StreamtagError(f"{name}: cannot read ({os_reason(e, path)}); check the path and permissions") from None
+    return state, fmt
 
 
 
@@ -355,8 +362,8 @@ def _prepare_cache(folder: Path) -> None:
         probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-")
         probe.close()
     except OSError as e:
-        raise StreamtagError(f"cannot write to the weights cache {folder} ({e.strerror or e}); "
-                             "set STREAMTAG_HOME to a writable folder") from None
+        raise StreamtagError(f"cannot write to the weights cache {folder} ({os_reason(e)}); "
+                             "set STREAMTAG_HOME to a writable directory") from None
     day_ago = time.time() - 24 * 3600
     for stale in [*folder.glob(".fetch-*"), *folder.glob(".*.tmp")]:
         try:
@@ -503,9 +510,8 @@ def import_checkpoint(path: str | os.PathLike, arch: str) -> tuple[Checkpoint, P
     A PaddleSpeech `.tar.gz` (its md5 checked against the registry when it matches one), a `.pdparams` or an
     authors' `.pth`; it is filed under the registry entry of its kind for `arch`.
     """
-    source = Path(path)
-    if not source.is_file():
-        raise StreamtagError(f"{source} does not exist; pass the path of a downloaded .tar.gz, .pdparams or .pth")
+    source = input_file(path, "checkpoint", "pass the path of a downloaded .tar.gz, .pdparams or .pth",
+                        MAX_ARCHIVE_BYTES)
     archive = _is_archive(source)
     if archive:
         entry = next(c for c in REGISTRY.values() if c.arch == arch and c.member)

@@ -19,13 +19,49 @@ ARCHS = ("cnn14", "cnn10", "cnn6")
 FORMATS = ("table", "jsonl", "csv")  # events output formats (events/output.py)
 
 
-def positive_float(text: str) -> float:
+def _number(text: str, cast: type) -> float | int:
     try:
-        value = float(text)
+        return cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'number' if cast is float else 'whole number'}") \
+            from None
+
+
+def _positive(text: str, unit: str, limit: float) -> float:
+    value = _number(text, float)
+    if not 0 < value <= limit:  # also refuses NaN and inf
+        raise argparse.ArgumentTypeError(f"must be a positive number of {unit} up to {limit:g}, got {text}")
+    return value
+
+
+# Bounds keep a typo from asking for terabytes or centuries: a window is scored whole (60 s of CNN14 activations
+# is about 1 GB per batch item), a hop past an hour never makes sense, and a session cap past 115 days overflows
+# nothing but is surely a mistake.
+MAX_WINDOW_SECONDS = 60.0
+MAX_HOP_SECONDS = 3600.0
+MAX_DURATION_SECONDS = 1e7
+MAX_SPEED = 1000.0
+MAX_BATCH = 256
+
+
+def positive_float(text: str) -> float:
+    """Seconds for --duration."""
+    return _positive(text, "seconds", MAX_DURATION_SECONDS)
+
+
+def window_seconds(text: str) -> float:
+    return _positive(text, "seconds", MAX_WINDOW_SECONDS)
+
+
+def hop_seconds(text: str) -> float:
+    return _positive(text, "seconds", MAX_HOP_SECONDS)
+
+
+def speed(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value <= MAX_SPEED:
+        raise argparse.ArgumentTypeError(f"must be a pace above 0 and up to {MAX_SPEED:g} (× real time), got {text}; "
+                                         "--fast replays as fast as the model goes")
     return value
 
 
@@ -40,18 +76,29 @@ def non_negative_float(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
     return value
 
 
 def batch_size(text: str) -> int | str:
-    """`auto` or a whole number ≥ 1."""
-    return "auto" if str(text) == "auto" else positive_int(text)
+    """`auto` or a whole number from 1 to MAX_BATCH."""
+    if str(text) == "auto":
+        return "auto"
+    value = positive_int(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_BATCH} windows, got {text}")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """CPU threads, at most 4× the cores this process may use: OpenMP aborts the process on absurd counts."""
+    value = positive_int(text)
+    limit = 4 * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"must be at most {limit} (4× this machine's usable cores), got {text}")
+    return value
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -85,7 +132,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", choices=("inference", "eager"),
                    help="inference = Paddle Inference (oneDNN on CPU, GPU predictor); eager = plain Paddle "
                         "(default: %(default)s)")
-    g.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads (default: the machine's cores)")
+    g.add_argument("--threads", type=thread_count, metavar="N", help="CPU threads (default: the machine's cores)")
     g.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
                    help="fp16 on GPU only; bf16 on GPUs and on CPUs with AMX/AVX512-BF16: faster, scores differ "
                         "by ~1e-2 (default: %(default)s)")
@@ -93,9 +140,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_window_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("windows")
-    g.add_argument("--sample-duration", type=positive_float, metavar="S",
+    g.add_argument("--sample-duration", type=window_seconds, metavar="S",
                    help="window length in seconds (default: %(default)s)")
-    g.add_argument("--hop-duration", type=positive_float, metavar="S",
+    g.add_argument("--hop-duration", type=hop_seconds, metavar="S",
                    help="seconds between window starts (default: %(default)s)")
 
 
@@ -163,7 +210,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
     from streamtag import corpus
     from streamtag.checkpoints import locate_weights
-    from streamtag.results import ensure_output_dir
+    from streamtag.paths import OutputPlan, check_output_dir
     from streamtag.tagging import realtime_factor, window_sizes
 
     window_sizes(args.sample_duration, args.hop_duration)  # a bad duration fails before any file or model
@@ -183,11 +230,12 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
         require_matplotlib()  # before hours of tagging, not after
         plot_options = options_from(command_defaults("plot"))
-    out_dir = ensure_output_dir(args.output_dir)
+    out_dir = check_output_dir(args.output_dir, "--output-dir")  # created by the first result, not before
     weights = locate_weights(args.model, args.weights)
     options = corpus.TagOptions(args.model, weights.sha256, args.sample_duration, args.hop_duration, args.pad,
                                 args.precision, args.embeddings)
-    plan = corpus.plan_jobs(sources, out_dir, options, overwrite=args.overwrite)
+    guard = OutputPlan([*(s.path for s in sources), args.weights, args.config, args.from_list])
+    plan = corpus.plan_jobs(sources, out_dir, options, overwrite=args.overwrite, guard=guard)
     errors += plan.errors
     for message in errors:
         print(f"streamtag: error: {message}", file=sys.stderr)
@@ -250,15 +298,18 @@ def cmd_parse(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from streamtag.labels import audioset_labels, load_labels
-    from streamtag.results import ensure_output_dir, get_writer, load_result
+    from streamtag.paths import OutputPlan, check_output_dir
+    from streamtag.results import get_writer, load_result
 
-    out_dir = ensure_output_dir(args.output_dir)
+    out_dir = check_output_dir(args.output_dir, "--output-dir")  # created by the first result, not before
     label_file = load_labels(args.label_file) if args.label_file else None
     writer = get_writer(args.format)
+    plan = OutputPlan([*args.files, args.label_file, args.config])
     smooth_size = args.smooth_size if args.smooth else None
     failures = 0
     for name in args.files:
         try:
+            dest = plan.add(out_dir / f"{Path(name).stem}.{writer.ext}", "--output-dir")
             result = load_result(name)
             labels = label_file or result.labels or list(audioset_labels())
             source = args.label_file or ("the labels stored in it" if result.labels else "the AudioSet labels")
@@ -266,8 +317,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
                 raise StreamtagError(f"{name}: {result.scores.shape[1]} scores per step but {source} has "
                                      f"{len(labels)} labels; pass a --label-file with one label per model output")
             result.labels = labels
-            dest = writer.write(result, out_dir / f"{Path(name).stem}.{writer.ext}", top_k=args.top_k,
-                                smooth_size=smooth_size, time_format=args.time_format)
+            dest = writer.write(result, dest, top_k=args.top_k, smooth_size=smooth_size, time_format=args.time_format)
             how = f"smoothed over {smooth_size} steps" if smooth_size else "raw scores"
             print(f"{name}: {len(result.time)} steps, top {args.top_k}, {how} → {dest}", flush=True)
         except StreamtagError as e:
@@ -307,6 +357,21 @@ def start_notifier(args: argparse.Namespace, options: Any) -> Any:
     return build_notifier(settings, options.rules or [], model=args.model)
 
 
+def check_stream_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
+    """Every file a live/replay session will write, checked before the device, the file or the model is opened:
+    a `--save-audio` or `--record` path that cannot be written, or that would overwrite an input or another output
+    (`--save-audio rec.npz --record rec`), fails now, not after the session when the audio is gone."""
+    from streamtag.paths import OutputPlan
+    from streamtag.stream.recorder import record_paths
+
+    plan = OutputPlan([*inputs, args.weights, args.config])
+    if args.record:
+        for path in record_paths(args.record):
+            plan.add(path, "--record")
+    if args.save_audio:
+        plan.add(args.save_audio, "--save-audio", suffix=".wav")
+
+
 def cmd_live(args: argparse.Namespace) -> int:
     """Tag the microphone live: capture → ring buffer → inference thread → dashboard / recording."""
     from streamtag.engine import load_scorer
@@ -316,6 +381,7 @@ def cmd_live(args: argparse.Namespace) -> int:
 
     labels = audioset_labels()
     options = stream_options(args, labels)  # label names are checked before the device is touched
+    check_stream_outputs(args, inputs=[])
     notifier = start_notifier(args, options)
     try:
         source = MicSource(args.input_device, ring_seconds(args.sample_duration, args.hop_duration,
@@ -337,6 +403,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     labels = audioset_labels()
     options = stream_options(args, labels)
+    check_stream_outputs(args, inputs=[args.file])
     source = FileSource(args.file, speed=args.speed, fast=args.fast, limit_seconds=args.duration,
                         ring_seconds=ring_seconds(args.sample_duration, args.hop_duration, clip_seconds(options)))
     seconds = source.reader.frames / source.reader.sample_rate
@@ -596,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     add_stream_options(p)
     add_notify_options(p)
-    p.add_argument("--speed", type=positive_float, metavar="X", help="pace, x real time (default: %(default)s)")
+    p.add_argument("--speed", type=speed, metavar="X", help="pace, x real time (default: %(default)s)")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction,
                    help="as fast as inference goes, no hop dropped")
 
@@ -637,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "bench", cmd_bench, "benchmark the inference engine against eager Paddle")
     p.add_argument("--models", metavar="A,B", help="comma-separated archs (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"))
-    p.add_argument("--threads", type=positive_int, metavar="N")
+    p.add_argument("--threads", type=thread_count, metavar="N")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"))
     add_window_options(p)
     p.add_argument("--repeats", type=positive_int, metavar="N", help="timed calls per model (default: %(default)s)")
@@ -661,29 +728,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checked(path: str, subparser: argparse.ArgumentParser, values: dict[str, Any]) -> dict[str, Any]:
+def _checked(path: str, subparser: argparse.ArgumentParser, values: dict[str, Any],
+             shipped: dict[str, Any]) -> dict[str, Any]:
     """Config values through the same checks as the command line (argparse checks neither a default's type nor
-    its choices), so `top-k: -1` in a file is the same one-line error as `--top-k -1`."""
+    its choices), so `top-k: -1` in a file is the same one-line error as `--top-k -1`. A value must be one YAML
+    scalar (`label-file: [a]` is refused, not passed on as a list), and `null` is only allowed where the shipped
+    default is null (`top-k: null` would otherwise skip every check)."""
     actions = {a.dest: a for a in subparser._actions}  # noqa: SLF001
     checked = {}
     for dest, value in values.items():
         action, option = actions[dest], dest.replace("_", "-")
-        if value is not None:
-            if isinstance(action, argparse._AppendAction):  # noqa: SLF001  a list key: each item checked
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise StreamtagError(f"{path}: {option}: give a list of strings, e.g. [{option.upper()}1, ...]")
-            elif isinstance(action, argparse.BooleanOptionalAction):
-                if not isinstance(value, bool):
-                    raise StreamtagError(f"{path}: {option}: {value!r} is not true or false")
-            elif action.type is not None:
-                try:
-                    value = action.type(str(value))
-                except (argparse.ArgumentTypeError, ValueError) as e:
-                    raise StreamtagError(f"{path}: {option}: {e}") from None
-            if action.choices is not None and value not in action.choices:
-                raise StreamtagError(f"{path}: {option}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        if value is None:
+            if shipped.get(dest) is not None:
+                raise StreamtagError(f"{path}: {option}: null is not allowed here; give a value "
+                                     f"(the default is {shipped[dest]!r})")
+        elif isinstance(action, argparse._AppendAction):  # noqa: SLF001  a list key: each item checked
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise StreamtagError(f"{path}: {option}: give a list of strings, e.g. [{option.upper()}1, ...]")
+        elif isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise StreamtagError(f"{path}: {option}: {_shown(value)} is not true or false")
+        elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise StreamtagError(f"{path}: {option}: {_shown(value)} is not a single value; give one "
+                                 f"{'number' if action.type is not None else 'string'}")
+        elif action.type is not None:
+            try:
+                value = action.type(str(value))
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                raise StreamtagError(f"{path}: {option}: {e}") from None
+        else:
+            value = str(value)  # a path or a name written as a number (`output-dir: 2024`, `input-device: 3`)
+        if value is not None and action.choices is not None and value not in action.choices:
+            raise StreamtagError(f"{path}: {option}: {_shown(value)} is not one of "
+                                 f"{', '.join(map(str, action.choices))}")
         checked[dest] = value
     return checked
+
+
+def _shown(value: Any) -> str:
+    """A config value for a message: its type for containers (a YAML alias bomb must never be printed whole)."""
+    if isinstance(value, (list, dict, set, tuple)):
+        return f"a {'list' if isinstance(value, (list, tuple, set)) else 'mapping'}"
+    return repr(value)[:60]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -693,12 +779,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if getattr(args, "config", None):
         overrides = as_dests(read_yaml(args.config))
         subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
-        known = {a.dest for a in subparser._actions}  # noqa: SLF001
+        known = {a.dest for a in subparser._actions  # noqa: SLF001
+                 if a.option_strings and a.dest not in ("help", "config")}
         unknown = sorted(k for k in overrides if k not in known)
         if unknown:
             raise StreamtagError(f"{args.config}: unknown option(s) for `{args.command}`: {', '.join(unknown)}; "
                                  f"see `streamtag {args.command} --help`")
-        subparser.set_defaults(**_checked(args.config, subparser, overrides))
+        subparser.set_defaults(**_checked(args.config, subparser, overrides, as_dests(command_defaults(args.command))))
         args = parser.parse_args(argv)
     return args
 

@@ -20,18 +20,30 @@ from streamtag.errors import StreamtagError
 SHIPPED = resources.files("streamtag") / "configs"  # the package's own defaults (a Traversable, also in a wheel)
 
 
+CONFIG_HINT = "give a YAML file of `option: value` lines"
+MAX_CONFIG = 1 << 20  # the shipped configs are under 2 kB
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A flat mapping of option name → value from a YAML file."""
-    path = Path(path)
+    """A flat mapping of option name → value from a user's YAML file (checked to be a regular file under 1 MB)."""
+    from streamtag.paths import read_input_text
+
+    text = read_input_text(path, "config", CONFIG_HINT, MAX_CONFIG)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise StreamtagError(f"{path}: cannot read config ({e.__class__.__name__}); "
-                             "give a YAML file of `option: value` lines") from None
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise StreamtagError(f"{path}: not valid YAML{at}; {CONFIG_HINT}") from None
+    except RecursionError:
+        raise StreamtagError(f"{path}: YAML nested too deeply; {CONFIG_HINT}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise StreamtagError(f"{path}: a config must be a mapping of `option: value` lines")
+        raise StreamtagError(f"{path}: a config must be a mapping of `option: value` lines; {CONFIG_HINT}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise StreamtagError(f"{path}: option names must be text, got {str(bad[0])[:40]!r}; {CONFIG_HINT}")
     return data
 
 

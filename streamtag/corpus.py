@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from streamtag.errors import StreamtagError
+from streamtag.paths import OutputPlan
 
 # What libsndfile decodes (soundfile.available_formats(), by the extensions people use); mp3 needs libsndfile ≥ 1.1.
 AUDIO_EXTENSIONS = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -81,14 +82,15 @@ def read_list(path: str | os.PathLike) -> list[str]:
 
     `-` reads standard input. Relative paths are relative to the current directory (as `find . > list` writes them).
     """
-    try:
-        if str(path) == "-":
-            text = sys.stdin.read()
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise StreamtagError(f"--from-list {path}: cannot read ({getattr(e, 'strerror', None) or e}); "
-                             "pass a text file with one audio path per line") from None
+    if str(path) == "-":
+        text = sys.stdin.read()
+    else:
+        from streamtag.paths import read_input_text
+
+        try:
+            text = read_input_text(path, "list", "pass a text file with one audio path per line", 256 << 20)
+        except StreamtagError as e:
+            raise StreamtagError(f"--from-list {e}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -104,7 +106,7 @@ def collect_sources(paths: Sequence[str | os.PathLike], recursive: bool = False,
     errors: list[str] = []
     for entry in entries:
         path = Path(entry)
-        if path.is_dir():
+        if os.path.isdir(path):  # (Path.is_dir raises on ENAMETOOLONG, EACCES)
             found = [Source(f, f.relative_to(path).with_suffix("")) for f in _audio_files(path, recursive)]
             if not found:
                 where = "in it or below" if recursive else "in it (--recursive also looks in subfolders)"
@@ -187,9 +189,10 @@ class Plan:
 
 
 def plan_jobs(sources: Iterable[Source], output_dir: str | os.PathLike, options: TagOptions,
-              overwrite: bool = False) -> Plan:
+              overwrite: bool = False, guard: OutputPlan | None = None) -> Plan:
     """Check every input's header (a bad file is an error line, not an exception), give each its output path,
-    refuse two inputs writing the same output, and set aside the ones the resume rule finds done."""
+    refuse two inputs writing the same output, and set aside the ones the resume rule finds done. `guard` checks
+    each output before any work (not a directory, writable, not one of the run's inputs)."""
     from streamtag.audio import AudioReader
 
     plan = Plan()
@@ -197,7 +200,7 @@ def plan_jobs(sources: Iterable[Source], output_dir: str | os.PathLike, options:
     for source in sources:
         output = result_path(output_dir, source)
         try:
-            real = source.path.resolve()
+            real = Path(os.path.realpath(source.path))  # (Path.resolve raises on a symlink loop)
             if output in claimed:
                 if claimed[output][0] == real:
                     continue  # the same file reached twice (named and inside a named folder): tag it once
@@ -205,6 +208,8 @@ def plan_jobs(sources: Iterable[Source], output_dir: str | os.PathLike, options:
                                      "tag files with the same name into different --output-dir")
             claimed[output] = (real, source.path)
             reader = AudioReader(source.path)
+            if guard is not None:
+                guard.add(output, "--output-dir")
             job = Job(str(source.path), str(output), options, reader.duration)
         except StreamtagError as e:
             plan.errors.append(str(e))

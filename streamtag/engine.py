@@ -16,6 +16,7 @@ at every load, so a truncated or garbled entry is rebuilt without the user doing
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -443,8 +444,11 @@ def exported_model(arch: str, state: State, weights_sha256: str, broken: str | N
         finally:
             shutil.rmtree(built, ignore_errors=True)
     except OSError as e:
-        raise StreamtagError(f"cannot write the export cache in {root} ({e.strerror or e}); free some space or "
-                             "point STREAMTAG_HOME at a writable folder, or use --engine eager") from None
+        from streamtag.paths import os_reason
+
+        fix = "free some space, or " if e.errno == errno.ENOSPC else ""
+        raise StreamtagError(f"cannot write the export cache in {root} ({os_reason(e)}); {fix}point "
+                             "STREAMTAG_HOME at a writable directory, or use --engine eager") from None
     return final
 
 

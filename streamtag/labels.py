@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import difflib
 import functools
+import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -22,31 +23,50 @@ def audioset_labels() -> tuple[str, ...]:
     return tuple(r["display_name"] for r in sorted(rows, key=lambda r: int(r["index"])))
 
 
+LABEL_FILE_HINT = "pass a text file with one label per line or AudioSet's class_labels_indices.csv"
+MAX_LABEL_FILE = 16 << 20  # AudioSet's csv is 15 kB; a label file of 16 MB is not a label file
+
+
 def load_labels(path: str | Path | None = None) -> list[str]:
     """Labels from `path`, or the shipped AudioSet labels when `path` is None.
 
     Accepts AudioSet's `class_labels_indices.csv` (index,mid,display_name) or the seed's
-    `audioset_labels.txt` (one label per line, in index order).
+    `audioset_labels.txt` (one label per line, in index order). The file is checked to be a regular file of sane
+    size first (a FIFO or /dev/zero is refused, not read forever), and no label may hold a control character.
     """
     if path is None:
         return list(audioset_labels())
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise StreamtagError(f"{path}: cannot read label file ({e.__class__.__name__}: {e}); "
-                             "pass a text file with one label per line or AudioSet's class_labels_indices.csv") from None
-    lines = text.splitlines()
+    from streamtag.paths import read_input_text
+
+    text = read_input_text(path, "label file", LABEL_FILE_HINT, MAX_LABEL_FILE)
+    lines = text.removeprefix("\ufeff").split("\n")
     if lines and lines[0].replace(" ", "").lower().startswith("index,mid,display_name"):
-        rows = list(csv.DictReader(lines))
-        labels = [r["display_name"] for r in sorted(rows, key=lambda r: int(r["index"]))]
+        try:  # by position, as AudioSet writes it: index,mid,display_name (the header's spelling may vary)
+            rows = [(int(r[0]), r[2]) for r in csv.reader(line.rstrip("\r") for line in lines[1:] if line.strip())]
+        except (ValueError, IndexError, csv.Error) as e:
+            raise StreamtagError(f"{path}: not a valid class_labels_indices.csv ({' '.join(str(e).split())[:80]}); "
+                                 f"{LABEL_FILE_HINT}") from None
+        if sorted(i for i, _ in rows) != list(range(len(rows))):
+            raise StreamtagError(f"{path}: class_labels_indices.csv rows must have index 0…N-1 and a display_name; "
+                                 f"{LABEL_FILE_HINT}")
+        labels = [name for _, name in sorted(rows)]
     else:
-        labels = [line.strip() for line in lines]
+        labels = [line.rstrip("\r").strip() for line in lines]
         while labels and not labels[-1]:
             labels.pop()
     if not labels:
         raise StreamtagError(f"{path}: label file is empty; pass one label per line, in model output order")
+    check_labels(labels, str(path))
     return labels
+
+
+def check_labels(labels: Sequence[str], where: str) -> None:
+    """Refuse labels holding control characters or line separators: written into a txt result they would forge
+    lines (a newline starts a fake `Label: score` line), on a terminal they could move the cursor."""
+    for i, label in enumerate(labels):
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in label):
+            raise StreamtagError(f"{where}: label {i} ({label!r:.60}) holds a control character or line break; "
+                                 "labels must be plain one-line text")
 
 
 # ---------------------------------------------------------------------------------------------- names a user types

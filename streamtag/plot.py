@@ -95,23 +95,22 @@ def prefix_of(npz: str | os.PathLike) -> Path:
 def audio_beside(npz: str | os.PathLike) -> Path | None:
     """PREFIX.wav beside PREFIX.npz — what `--record PREFIX --save-audio PREFIX.wav` leaves — if it exists."""
     path = prefix_of(npz).with_name(prefix_of(npz).name + ".wav")
-    return path if path.is_file() else None
+    return path if os.path.isfile(path) else None
 
 
 def events_beside(npz: str | os.PathLike) -> Path | None:
     """PREFIX.events.jsonl beside PREFIX.npz (the events a recording logged), if it exists."""
     path = prefix_of(npz).with_name(prefix_of(npz).name + ".events.jsonl")
-    return path if path.is_file() else None
+    return path if os.path.isfile(path) else None
 
 
 def read_events(path: str | os.PathLike) -> list[Event]:
     """Events from a JSON-lines file of `Event.to_dict()` objects (blank lines skipped)."""
     path = Path(path)
     hint = "give a .jsonl of events as `streamtag events` writes them"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise StreamtagError(f"{path}: cannot read events ({e.__class__.__name__}); {hint}") from None
+    from streamtag.paths import read_input_text
+
+    lines = read_input_text(path, "events file", hint, 256 << 20).splitlines()
     events = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -137,7 +136,7 @@ def load_events(spec: str | None, result: TagResult, npz: str | os.PathLike,
         beside = events_beside(npz)
         return read_events(beside) if beside else None
     if spec.endswith(".jsonl"):
-        if not Path(spec).is_file():
+        if not os.path.isfile(spec):
             raise StreamtagError(f"--events {spec}: no such file; give a .jsonl of events, or rules to detect them")
         return read_events(spec)
     from dataclasses import replace
@@ -481,6 +480,6 @@ def plot_result(npz: str | os.PathLike, options: PlotOptions, output_dir: str | 
     result = load_result(npz)
     found = load_events(events, result, npz, options.smooth_size)
     if audio is None and find_audio:
-        audio = audio_beside(npz) or (Path(result.source) if result.source and Path(result.source).is_file() else None)
+        audio = audio_beside(npz) or (Path(result.source) if result.source and os.path.isfile(result.source) else None)
     return draw(result, output_path(npz, output_dir, options.fmt), options, audio=audio, events=found,
                 name=Path(npz).name)

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from streamtag.errors import StreamtagError
+from streamtag.labels import check_labels
+from streamtag.paths import os_reason
 from streamtag.utils import atomic_path
 
 TIME_FORMATS = ("seconds", "ratio")
@@ -114,8 +115,8 @@ def save_result(path: str | os.PathLike, result: TagResult) -> Path:
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, **arrays)
     except OSError as e:
-        raise StreamtagError(f"{path}: cannot write result ({e.strerror or e}); "
-                             "choose a writable --output-dir") from None
+        raise StreamtagError(f"{path}: cannot write result ({os_reason(e, path)}); "
+                             "check that its directory exists and is writable") from None
     return path
 
 
@@ -124,9 +125,9 @@ def load_result(path: str | os.PathLike) -> TagResult:
     recording still being made or killed (`X.npz.part/`, recording.py) — `X.npz` reads `X.npz.part/` when that
     exists, since it is the newer of the two."""
     from streamtag.recording import is_part_dir, part_dir, read_part
+    from streamtag.safeload import NPZ_HINT as hint, read_npz
 
     path = Path(path)
-    hint = "pass an .npz written by `streamtag tag`"
     if is_part_dir(path) or is_part_dir(part_dir(path)):
         try:
             data = read_part(path if is_part_dir(path) else part_dir(path))
@@ -135,28 +136,10 @@ def load_result(path: str | os.PathLike) -> TagResult:
             if is_part_dir(path) or is_part_dir(part_dir(path)) or not path.is_file():
                 raise
             # The session finished (its part is gone) while we read it: its npz is complete now.
-    if not path.exists():
-        raise StreamtagError(f"{path}: no such file; {hint}")
-    if path.is_dir():
-        raise StreamtagError(f"{path}: is a directory; {hint}")
-    if not zipfile.is_zipfile(path):
-        raise StreamtagError(f"{path}: not an .npz file (not a zip archive); {hint}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = set(npz.files)
-            if "scores" not in keys or "time" not in keys:
-                missing = " and ".join(k for k in ("time", "scores") if k not in keys)
-                raise StreamtagError(f"{path}: npz has no `{missing}` array, so it is not a tagging result; {hint}")
-            data = {k: npz[k] for k in keys}
-    except StreamtagError:
-        raise
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
-            raise StreamtagError(f"{path}: npz holds an object (pickled) array, which streamtag never loads "
-                                 f"because unpickling can run code; {hint}") from None
-        raise StreamtagError(f"{path}: unreadable npz ({_one_line(e)}); {hint}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise StreamtagError(f"{path}: unreadable npz ({_one_line(e)}); {hint}") from None
+    data = read_npz(path, hint)
+    if "scores" not in data or "time" not in data:
+        missing = " and ".join(k for k in ("time", "scores") if k not in data)
+        raise StreamtagError(f"{path}: npz has no `{missing}` array, so it is not a tagging result; {hint}")
     return _result_from_arrays(path, data, hint)
 
 
@@ -166,21 +149,29 @@ def _result_from_arrays(path: Path, data: dict[str, np.ndarray], hint: str) -> T
     if scores.ndim != 2 or time.ndim != 1 or time.shape[0] != scores.shape[0] or scores.shape[0] == 0:
         raise StreamtagError(f"{path}: `time` {time.shape} and `scores` {scores.shape} do not match "
                              f"(expected N and N×classes, N ≥ 1); {hint}")
-    if not (np.issubdtype(scores.dtype, np.floating) and np.issubdtype(time.dtype, np.number)):
-        raise StreamtagError(f"{path}: `scores` ({scores.dtype}) must be floats and `time` ({time.dtype}) numbers; "
-                             f"{hint}")
+    if scores.dtype.kind != "f" or time.dtype.kind not in "iuf":
+        raise StreamtagError(f"{path}: `scores` ({scores.dtype}) must be floats and `time` ({time.dtype}) real "
+                             f"numbers; {hint}")
+    if not np.isfinite(scores).all():
+        row = int(np.argmin(np.isfinite(scores).all(axis=1)))
+        raise StreamtagError(f"{path}: `scores` holds NaN or Inf (first in row {row}); the result is corrupt, "
+                             "tag the audio again")
+    if not np.isfinite(time).all():
+        raise StreamtagError(f"{path}: `time` holds NaN or Inf; the result is corrupt, tag the audio again")
 
     def scalar(key: str, cast, default):
         if key not in data or data[key].size != 1:
             return default
         try:
             return cast(data[key].reshape(()).item())
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return default
 
     labels = [str(x) for x in data["labels"].ravel()] if "labels" in data and data["labels"].dtype.kind == "U" else []
+    check_labels(labels, str(path))
     level = data.get("level")
-    if level is not None and (level.shape != time.shape or not np.issubdtype(level.dtype, np.number)):
+    if level is not None and (level.shape != time.shape or level.dtype.kind not in "iuf"
+                              or np.isnan(level).any()):
         raise StreamtagError(f"{path}: `level` {level.shape} does not match `time` {time.shape}; {hint}")
     wall_clock = scalar("wall_clock", float, None)
     embedding = data.get("embedding")
@@ -217,14 +208,16 @@ def _stamp(data) -> dict:
 def read_stamp(path: str | os.PathLike) -> dict | None:
     """The stamp and `model` of the result at `path` without reading its scores; None when there is no readable
     result there. For the resume rule, which looks at every output of a corpus before tagging anything."""
+    from streamtag.safeload import read_npz
+
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            stamp = _stamp(npz)
-            if "model" in npz.files and npz["model"].dtype.kind == "U" and npz["model"].size == 1:
-                stamp["model"] = str(npz["model"].reshape(()).item())
-            return stamp
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError):
+        data = read_npz(path, only=(*STAMP_KEYS, "model"))  # checked like any npz, scores left unread
+    except StreamtagError:
         return None
+    stamp = _stamp(data)
+    if "model" in data and data["model"].dtype.kind == "U" and data["model"].size == 1:
+        stamp["model"] = str(data["model"].reshape(()).item())
+    return stamp
 
 
 def _one_line(e: BaseException) -> str:
@@ -325,7 +318,8 @@ class Writer:
                 with open(tmp, "w", encoding="utf-8", newline="") as f:
                     f.write(text)
         except OSError as e:
-            raise StreamtagError(f"{path}: cannot write ({e.strerror or e}); choose a writable --output-dir") from None
+            raise StreamtagError(f"{path}: cannot write ({os_reason(e, path)}); check that its directory exists and is "
+                                 "writable") from None
         return path
 
     def render(self, result: TagResult, top_k: int = 10, smooth_size: int | None = 5,
@@ -384,20 +378,3 @@ def get_writer(fmt: str) -> Writer:
         return WRITERS[fmt]()
     except KeyError:
         raise StreamtagError(f"unknown output format {fmt!r}; choose one of {', '.join(WRITERS)}") from None
-
-
-def ensure_output_dir(path: str | os.PathLike) -> Path:
-    """Create `path` if needed and check it is a writable directory, before any work is done."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise StreamtagError(f"{path}: output dir exists but is not a directory; choose another --output-dir") from None
-    except OSError as e:
-        raise StreamtagError(f"{path}: cannot create output dir ({e.strerror or e}); "
-                             "choose a writable --output-dir") from None
-    if not path.is_dir():
-        raise StreamtagError(f"{path}: output dir is not a directory; choose another --output-dir")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise StreamtagError(f"{path}: output dir is not writable; choose a writable --output-dir")
-    return path

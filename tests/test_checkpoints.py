@@ -143,7 +143,7 @@ def test_bad_weights_via_cli_give_one_line(tmp_path):
     cases = [(truncated, "cnn6", "truncated"), (random, "cnn6", "not a .pdparams or .pth"),
              (truncated_pd, "cnn6", "truncated"),
              (FIXTURES / "cnn6_seed0.pth", "cnn14", "looks like a cnn6 checkpoint"),
-             (tmp_path / "missing.pth", "cnn6", "does not exist")]
+             (tmp_path / "missing.pth", "cnn6", "no such file")]
     env = {"STREAMTAG_HOME": str(tmp_path / "home")}
     for path, arch, expected in cases:
         result = _cli("weights", "import", str(path), "--model", arch, env=env)

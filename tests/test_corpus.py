@@ -84,7 +84,7 @@ def test_from_list(tmp_path, monkeypatch):
     (tmp_path / "list.txt").write_text("# my corpus\na.wav\n\n  d  \n")
     sources, errors = corpus.collect_sources([], from_list="list.txt")
     assert errors == [] and [str(s.name) for s in sources] == ["a", "b"]
-    with pytest.raises(StreamtagError, match="--from-list gone.txt: cannot read"):
+    with pytest.raises(StreamtagError, match="--from-list gone.txt: no such file"):
         corpus.collect_sources([], from_list="gone.txt")
 
 

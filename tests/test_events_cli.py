@@ -97,7 +97,7 @@ def test_events_detect_with_a_yaml_rule_and_min_level(tagged, tmp_path, cli_env)
     ("rules:\n  - {labels: [Dog], hold: -0.5}\n", "hold: -0.5 is negative"),
     ("rules:\n  - {labels: [Dog], min_duration: -1}\n", "min_duration: -1 is negative"),
     ("rules: [[[\n", "not valid YAML"),
-    (b"\xff\xfe\x00rules", "cannot read (UnicodeDecodeError)"),
+    (b"\xff\xfe\x00rules", "is not UTF-8 text"),
 ])
 def test_bad_rules_are_one_line(tagged, tmp_path, cli_env, spec, message):
     if isinstance(spec, bytes) or "\n" in spec:

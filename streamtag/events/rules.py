@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -117,7 +118,7 @@ def load_rules(spec: str, labels: Sequence[str] | None = None) -> list[Rule]:
     if not text:
         raise StreamtagError(f"--events: empty; give a YAML file or comma-separated labels ({SPEC_HINT})")
     path = Path(text)
-    if path.suffix.lower() in (".yaml", ".yml") or path.exists():
+    if path.suffix.lower() in (".yaml", ".yml") or os.path.exists(path):
         return _rules_from_yaml(path, labels)
     onto = ontology()
     names = onto.names  # a label list may use any class or node name, commas inside names included
@@ -131,13 +132,13 @@ def _rules_from_yaml(path: Path, labels: Sequence[str]) -> list[Rule]:
     import yaml
 
     where = f"--events {path}"
+    from streamtag.paths import read_input_text
+
+    text = read_input_text(path, "rules file", "give a YAML rules file or comma-separated labels", 1 << 20)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StreamtagError(f"{where}: no such file; give a YAML rules file or comma-separated labels") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise StreamtagError(f"{where}: cannot read ({e.__class__.__name__}); check the path and permissions") \
-            from None
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise StreamtagError(f"{where}: YAML nested too deeply; {SPEC_HINT} for the format") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

@@ -71,9 +71,9 @@ def _error(path: Path, e: BaseException) -> StreamtagError:
 
 def connect(path: Path, create: bool) -> sqlite3.Connection:
     """An open, checked connection: WAL, the schema at SCHEMA_VERSION (created when `create`)."""
-    if not create and not path.exists():
+    if not create and not os.path.exists(path):
         raise StreamtagError(f"{path}: no event log here yet; run a session with --events, or pass --db")
-    if path.is_dir():
+    if os.path.isdir(path):
         raise StreamtagError(f"{path}: is a directory; pass a file path for the event log")
     try:
         if create:

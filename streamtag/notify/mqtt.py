@@ -92,12 +92,14 @@ def parse_url(text: str) -> MqttUrl:
 def read_password(password_file: str | None) -> str | None:
     """The broker password: the file's first line (--mqtt-password-file), else $STREAMTAG_MQTT_PASSWORD, else None."""
     if password_file:
+        from streamtag.paths import read_input_text
+
         try:
-            with open(password_file, encoding="utf-8") as f:
-                return f.readline().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
-            raise StreamtagError(f"--mqtt-password-file {password_file}: cannot read ({e.__class__.__name__}); "
-                                 "give a file whose first line is the password", 2) from None
+            text = read_input_text(password_file, "password file", "give a file whose first line is the password",
+                                   64 << 10)
+        except StreamtagError as e:
+            raise StreamtagError(f"--mqtt-password-file {e}", 2) from None
+        return text.split("\n", 1)[0].rstrip("\r")
     return os.environ.get(PASSWORD_ENV) or None
 
 

@@ -38,6 +38,15 @@ def unfinished_error(paths: Sequence[Path], option: str) -> StreamtagError:
                           f"that was killed); run `streamtag recover {paths[0]}` or pick another name")
 
 
+def record_paths(prefix: str | os.PathLike) -> list[Path]:
+    """The files `--record PREFIX` writes (the CLI checks them all before the session starts)."""
+    prefix = str(prefix)
+    for suffix in (".npz", ".txt"):  # `--record run.npz` means the prefix `run`
+        if prefix.endswith(suffix):
+            prefix = prefix[: -len(suffix)]
+    return [Path(prefix + ".npz"), Path(prefix + ".txt")]
+
+
 class Recorder:
     """Collect HopResults; `flush()` appends the new ones to the parts, `finish(duration)` completes PREFIX.npz (raw
     scores) and PREFIX.txt (top-k of what is shown: smoothed unless smoothing is off)."""
@@ -45,13 +54,8 @@ class Recorder:
     def __init__(self, prefix: str | os.PathLike, labels: Sequence[str], model: str, sample_rate: int,
                  sample_duration: float, hop_duration: float, top_k: int, smooth_size: int | None = 5,
                  source: str = "", wall_clock: Callable[[], float | None] | None = None, audio: str | None = None):
-        prefix = str(prefix)
-        for suffix in (".npz", ".txt"):  # `--record run.npz` means the prefix `run`
-            if prefix.endswith(suffix):
-                prefix = prefix[: -len(suffix)]
-        self.npz_path = Path(prefix + ".npz")
-        self.txt_path = Path(prefix + ".txt")
-        self.txt_part = Path(prefix + ".txt" + PART)
+        self.npz_path, self.txt_path = record_paths(prefix)
+        self.txt_part = Path(str(self.txt_path) + PART)
         stale = [p for p in (part_dir(self.npz_path), self.txt_part) if p.exists()]
         if stale:
             raise unfinished_error(stale, "--record")
