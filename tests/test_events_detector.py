@@ -110,7 +110,8 @@ def test_rule_score_is_the_max_over_its_classes_and_classes_name_the_drivers():
     r = Rule(name="pets", labels=("x",), classes=(0, 1, 2), on=0.5, off=0.3, hold=0.0)
     events, _ = run([[0.6, 0.1, 0.4], [0.1, 0.7, 0.2], [0.1, 0.1, 0.1]], rules=[r])
     (e,) = events
-    assert e.peak == pytest.approx(0.7) and e.peak_time == pytest.approx(1 * HOP + W - HOP)
+    # the peak window's newest audio is at 2.0 s, past the (clamped) offset 1.5: peak_time is kept inside the event
+    assert e.peak == pytest.approx(0.7) and e.peak_time == pytest.approx(min(1 * HOP + W - HOP, e.end))
     assert e.classes == [LABELS[1], LABELS[0], LABELS[2]]  # by peak; each reached off (0.3)
     assert e.label == "pets" and e.source == "test" and e.model == "m"
 
@@ -231,3 +232,36 @@ def test_npz_level_source_and_wall_clock_round_trip_and_old_files_still_load(tmp
     save_result(tmp_path / "old.npz", TagResult(**base))
     old = load_result(tmp_path / "old.npz")
     assert old.level is None and old.source == "" and old.wall_clock is None
+
+
+def test_padded_windows_never_start_an_event_past_the_stream_end():
+    # `tag` pads the last windows with zeros: a window starting at 2.5 s of a 3.0 s file ends at 4.5 s, but it added
+    # no audio after 3.0 s, so its onset is the stream's end, not e_k − hop = 4.0.
+    det = Detector([rule(hold=0.0)], LABELS, W, HOP, listeners=[c := Collector()], duration=3.0)
+    row = np.zeros(len(LABELS), np.float32)
+    for k in range(6):
+        row[0] = 0.9 if k == 5 else 0.1
+        det.push(k * HOP, row, -20.0)
+    det.finish(3.0)
+    (e,) = c.events
+    assert e.start == 3.0 and e.end == 3.0 and e.peak_time == 3.0
+
+
+def test_peak_time_lies_inside_the_event():
+    # the peak window (k = 1) has its newest audio at 2.0 s, but the run below off starts at t_2 = 1.0 s
+    events, _ = run([0.9, 0.95, 0.1, 0.1, 0.1, 0.1], hold=0.0)
+    (e,) = events
+    assert e.start <= e.peak_time <= e.end
+
+
+def test_detect_on_a_result_without_levels(tmp_path):
+    from streamtag.events.detector import detect
+    from streamtag.results import TagResult
+
+    scores = np.zeros((6, 527), np.float32)
+    scores[2:4, 0] = 0.9
+    result = TagResult(time=np.arange(6) * 0.3, scores=scores, duration=3.5, sample_rate=32000, model="cnn6",
+                       sample_duration=2.0, hop_duration=0.3, labels=LABELS)
+    assert result.level is None
+    (e,) = detect(result, [rule(hold=0.0)], smooth_size=None)
+    assert e.label == "r" and e.peak == pytest.approx(0.9)

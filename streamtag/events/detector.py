@@ -175,7 +175,10 @@ class Detector:
 
     def _step(self, r: int, s: float, row: np.ndarray, t: float, e: float) -> None:
         rule = self.rules[r]
-        newest = _seconds(max(0.0, e - self.hop))
+        newest = max(0.0, e - self.hop)
+        if self.duration is not None:  # a zero-padded last window (tag pads) adds no audio past the stream's end
+            newest = min(newest, self.duration)
+        newest = _seconds(newest)
         st = self._state.get(r)
         if st is None:  # idle, and this hop crosses `on` at a loud enough level
             st = _Active(onset=newest, peak=s, peak_time=newest, class_peaks=row[self._classes_of[r]].astype(np.float64))
@@ -245,7 +248,10 @@ class Detector:
             self._announce(r, st)
             self._ids[r] = None
         assert st.event is not None
-        event = replace(st.event, end=offset, peak=st.peak, peak_time=st.peak_time, classes=self._classes(r, st),
+        # peak_time is the newest audio of the loudest window, which can lie past the offset (the window still held
+        # the sound's start when the run began): it is clamped into the event.
+        event = replace(st.event, end=offset, peak=st.peak, peak_time=min(st.peak_time, offset),
+                        classes=self._classes(r, st),
                         wall_end=self._wall_iso(offset))
         self.counts.ended += 1
         self.counts.by_label[event.label] = self.counts.by_label.get(event.label, 0) + 1
@@ -280,7 +286,9 @@ def detect(result: Any, rules: Sequence[Rule], smooth_size: int | None,
                         source=result.source, model=result.model, wall_clock=result.wall_clock,
                         duration=result.duration if math.isfinite(result.duration) else None)
     smoother = Smoother(smooth_size) if smooth_size else None
-    for t, row, level in zip(result.time.tolist(), result.scores, result.level.tolist()):
+    # Without a stored level (older files) min_level cannot apply: every window counts as loud (0 dBFS).
+    levels = result.level.tolist() if result.level is not None else [0.0] * len(result.time)
+    for t, row, level in zip(result.time.tolist(), result.scores, levels):
         detector.push(t, smoother.push(row) if smoother is not None else row, level)
     detector.finish(result.duration if math.isfinite(result.duration) else math.inf)
     return finished.events
