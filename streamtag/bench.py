@@ -34,7 +34,8 @@ SAMPLE_RATE = 32000
 BATCH = 8
 FIRST_SCORE_MARK = "STREAMTAG-FIRST-SCORE "
 GOALS = (("cnn14", "engine_ms_b1", "<=", 60.0, "ms/window"), ("cnn14", "speedup_b1", ">=", 7.0, "× eager"),
-         ("cnn6", "engine_ms_b1", "<=", 25.0, "ms/window"), ("*", "first_score_warm_s", "<=", 6.0, "s warm start"))
+         ("cnn6", "engine_ms_b1", "<=", 25.0, "ms/window"), ("*", "first_score_warm_s", "<=", 6.0, "s warm start"),
+         ("cnn14", "first_score_warm_s", "<=", 1.5, "s warm start"), ("cnn14", "peak_rss_mb", "<=", 900.0, "MB"))
 
 
 @dataclass
@@ -55,6 +56,8 @@ class ModelBench:
     peak_rss_mb: float | None = None
     peak_rss_cold_mb: float | None = None
     samples_ms_b1: list[float] = field(default_factory=list)
+    batch_ms: dict[str, float] = field(default_factory=dict)  # --batch-sizes: ms per window by batch size
+    best_batch: int | None = None  # the fastest of them, recorded for `tag --batch-size auto`
 
 
 def machine() -> dict[str, Any]:
@@ -191,7 +194,7 @@ def _child(argv: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------------------------- the run
 def run_bench(models: Sequence[str], device: str = "auto", threads: int | None = None, precision: str = "fp32",
               sample_duration: float = 2.0, hop_duration: float = 0.3, repeats: int = 20, eager: bool = True,
-              startup: bool = True, say: Callable[[str], None] = lambda text: None,
+              startup: bool = True, batch_sizes: Sequence[int] = (), say: Callable[[str], None] = lambda text: None,
               note: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
     """Measure every model in `models`; returns the JSON document (machine, weights, per-model figures, goals).
 
@@ -219,6 +222,13 @@ def run_bench(models: Sequence[str], device: str = "auto", threads: int | None =
         bench.engine = scorer.describe()
         bench.engine_ms_b1, bench.engine_wps_b8, bench.samples_ms_b1 = time_scorer(scorer, window, repeats)
         bench.realtime_load = bench.engine_ms_b1 / (hop_duration * 1000)
+        if batch_sizes:
+            from streamtag.tuning import measure_batch_sizes, record_choice
+
+            say(f"{arch}: batch sizes {', '.join(map(str, batch_sizes))}")
+            measured = measure_batch_sizes(scorer, window, batch_sizes)
+            bench.batch_ms = {str(b): round(ms, 2) for b, ms in measured.items()}
+            bench.best_batch = record_choice(scorer, window, measured)
         del scorer
         if startup:
             say(f"{arch}: start to first score, warm export cache")
@@ -298,6 +308,11 @@ def render(report: dict[str, Any]) -> Any:
     engines = Text("engine: " + "; ".join(r["engine"] for r in report["models"]) + "; weights: " +
                    ", ".join(f"{arch} {source}" for arch, source in report["weights"].items()), style="dim")
     lines = [header, table, legend, engines]
+    for r in report["models"]:
+        if r.get("batch_ms"):
+            sizes = " · ".join(f"{b}: {ms:.1f}" for b, ms in r["batch_ms"].items())
+            lines.append(Text(f"{r['model']} ms/window by batch size: {sizes} → fastest {r['best_batch']} "
+                              "(recorded for `tag --batch-size auto`)"))
     for g in report["goals"]:
         mark = "[green]✓[/]" if g["met"] else "[red]✗[/]"
         lines.append(Text.from_markup(f"{mark} {g['model']} {g['figure']} {g['target']}: {g['value']:g}"))

@@ -539,6 +539,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with err.status("bench: starting") as status:
         report = run_bench(models, args.device, args.threads, args.precision, args.sample_duration,
                            args.hop_duration, args.repeats, eager=args.eager, startup=args.startup,
+                           batch_sizes=_batch_sizes(args.batch_sizes),
                            say=lambda text: status.update(f"bench: {text}"),
                            note=lambda text: err.print(f"streamtag: {text}", highlight=False))
     if args.json:
@@ -546,6 +547,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         Console().print(render(report))
     return 0
+
+
+def _batch_sizes(text: str | None) -> list[int]:
+    """`--batch-sizes 1,2,4,8` → [1, 2, 4, 8]; none or empty → []."""
+    try:
+        sizes = [int(x) for x in str(text or "").split(",") if x.strip()]
+    except ValueError:
+        sizes = [0]
+    if any(size < 1 for size in sizes):
+        raise StreamtagError(f"--batch-sizes {text}: give whole numbers ≥ 1 separated by commas, e.g. 1,2,4,8")
+    return sizes
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
@@ -713,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup", action=argparse.BooleanOptionalAction,
                    help="time start to first score in fresh processes, cold and warm (default: %(default)s)")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, help="print JSON instead of a table")
+    p.add_argument("--batch-sizes", metavar="A,B",
+                   help="also time these batch sizes and record the fastest for `tag --batch-size auto`")
 
     p = _subcommand(sub, "weights", cmd_weights, "list, fetch or import pretrained checkpoints", configured=False)
     wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")

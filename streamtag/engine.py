@@ -15,6 +15,7 @@ at every load, so a truncated or garbled entry is rebuilt without the user doing
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -31,6 +32,7 @@ from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 
+from streamtag import paddlecore
 from streamtag.errors import StreamtagError
 from streamtag.utils import file_sha256, streamtag_home
 
@@ -64,16 +66,13 @@ def default_threads() -> int:
 
 def gpu_available() -> bool:
     """True when this Paddle build has CUDA and a GPU is visible."""
-    import paddle
-
-    return bool(paddle.is_compiled_with_cuda()) and paddle.device.cuda.device_count() > 0
+    core = paddlecore.core()
+    return bool(core.is_compiled_with_cuda()) and core.get_cuda_device_count() > 0
 
 
 def cpu_has_fast_bf16() -> bool:
     """True when oneDNN has native bf16 kernels here (AMX or AVX512-BF16), where --precision bf16 pays off."""
-    from paddle.base import core
-
-    return bool(core.supports_bfloat16_fast_performance())
+    return bool(paddlecore.core().supports_bfloat16_fast_performance())
 
 
 def resolve_device(device: str) -> str:
@@ -107,7 +106,7 @@ class Scorer:
         self.threads = threads
         self.precision = precision
         self._lock = threading.Lock()
-        from streamtag.models import min_samples
+        from streamtag.archs import min_samples
 
         self._min_samples = min_samples(arch)
 
@@ -184,17 +183,22 @@ class PredictorScorer(Scorer):
         super().__init__(arch, device, threads, precision)
         self.model_dir = model_dir
         self.backend = ""
-        self.predictor = self._create()
+        self._first_run = True
+        # Every call runs on this one thread, whoever calls: oneDNN keeps its primitives and reordered weights per
+        # thread (~320 MB for CNN14), so a warm-up in the main thread and hops in the pipeline thread would hold
+        # two copies.
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="streamtag-predictor")
+        self.predictor = self._thread.submit(self._create).result()
         self._input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self._outputs = [self.predictor.get_output_handle(n) for n in self.predictor.get_output_names()]
 
     def _config(self, tensorrt: bool) -> Any:
-        import paddle.inference as pi
+        core = paddlecore.core()
 
         # Paddle 3's graphs are PIR (.json): TensorRT comes from converting the graph once (PIR-TRT), not from
         # Config.enable_tensorrt_engine, which only applies to old .pdmodel graphs.
         prefix = self._tensorrt_graph() if tensorrt else self.model_dir / "model"
-        config = pi.Config(str(prefix) + ".json", str(prefix) + ".pdiparams")
+        config = core.AnalysisConfig(str(prefix) + ".json", str(prefix) + ".pdiparams")  # = paddle.inference.Config
         config.enable_new_ir(True)
         config.enable_new_executor(True)
         config.switch_ir_optim(True)
@@ -215,8 +219,8 @@ class PredictorScorer(Scorer):
                     config.enable_mkldnn_bfloat16()  # logs an INFO line past disable_glog_info()
                 self.backend = "oneDNN bf16"
             return config
-        precision = {"fp32": pi.PrecisionType.Float32, "fp16": pi.PrecisionType.Half,
-                     "bf16": pi.PrecisionType.Bfloat16}[self.precision]
+        kinds = core.AnalysisConfig.Precision  # = paddle.inference.PrecisionType
+        precision = {"fp32": kinds.Float32, "fp16": kinds.Half, "bf16": kinds.Bfloat16}[self.precision]
         config.enable_use_gpu(GPU_MEMORY_POOL_MB, 0, precision)
         suffix = "" if self.precision == "fp32" else f" {self.precision}"
         self.backend = ("TensorRT" if tensorrt else "CUDA") + suffix
@@ -255,25 +259,40 @@ class PredictorScorer(Scorer):
         return prefix
 
     def _create(self) -> Any:
-        import paddle.inference as pi
+        create = paddlecore.core().create_predictor
 
         tensorrt = self.device == "gpu" and tensorrt_available()
         if self.device == "gpu" and not tensorrt:
             notice("TensorRT is not available to this Paddle; using the plain CUDA predictor")
         try:
-            predictor = pi.create_predictor(self._config(tensorrt))
+            predictor = create(self._config(tensorrt))
         except Exception as e:  # noqa: BLE001 - TensorRT setups fail in many ways; the CUDA predictor still works
             if not tensorrt:
                 raise
             notice(f"TensorRT predictor failed ({e.__class__.__name__}); using the plain CUDA predictor")
             self.max_batch = self.max_samples = None
-            predictor = pi.create_predictor(self._config(False))
+            predictor = create(self._config(False))
         return predictor
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._thread.submit(self._run_here, batch).result()
+
+    def _run_here(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._input.reshape(list(batch.shape))
-        self._input.copy_from_cpu(batch)
-        self.predictor.run()
+        self._input._copy_from_cpu_bind(batch)  # what paddle.inference's copy_from_cpu calls after its type check
+        if self._first_run:
+            # The first run selects kernels, and a oneDNN pass prints a stray diagnostic on the C++ stdout there
+            # ("ReduceMeanCheckIfOneDNNSupport"): stdout points at /dev/null meanwhile, so `--json` lines stay
+            # clean. Done on the caller's first real batch, not on a warm-up batch of another shape: each input
+            # shape costs oneDNN its own copy of the reordered weights (~320 MB for CNN14).
+            sys.stdout.flush()
+            with open(os.devnull, "wb") as devnull, _fd_redirected(1, devnull.fileno()):
+                self.predictor.run()
+            self._first_run = False
+            if self.device == "cpu":
+                paddlecore.release_cold_library_pages()
+        else:
+            self.predictor.run()
         outputs = [h.copy_to_cpu() for h in self._outputs]
         # The graph's fetch names are generated; the scores are the output with 527 columns.
         scores = next(o for o in outputs if o.shape[-1] == NUM_CLASSES)
@@ -287,10 +306,10 @@ class PredictorScorer(Scorer):
 
 def tensorrt_available() -> bool:
     """True when Paddle was built with TensorRT and its runtime library loads."""
-    import paddle.inference as pi
-
+    core = paddlecore.core()
     try:
-        return tuple(pi.get_trt_compile_version()) > (0, 0, 0) and tuple(pi.get_trt_runtime_version()) > (0, 0, 0)
+        return (tuple(core.get_trt_compile_version()) > (0, 0, 0)
+                and tuple(core.get_trt_runtime_version()) > (0, 0, 0))
     except Exception:  # noqa: BLE001 - older builds lack the query or fail to dlopen libnvinfer
         return False
 
@@ -298,16 +317,13 @@ def tensorrt_available() -> bool:
 # ---------------------------------------------------------------------------------------------- export cache
 def _models_digest() -> str:
     """The model code is part of the export key: a change to models.py must not reuse an old graph."""
-    from streamtag import models
-
-    return hashlib.sha256(Path(models.__file__).read_bytes()).hexdigest()
+    here = Path(__file__).parent  # read, not imported: importing models.py imports Paddle
+    return hashlib.sha256(b"".join((here / name).read_bytes() for name in ("archs.py", "models.py"))).hexdigest()
 
 
 def export_key(arch: str, weights_sha256: str) -> str:
     """The cache entry name: one per (arch, weights, Paddle version, model code, export recipe)."""
-    import paddle
-
-    return (f"{arch}-{weights_sha256[:16]}-paddle{paddle.__version__}-m{_models_digest()[:12]}"
+    return (f"{arch}-{weights_sha256[:16]}-paddle{paddlecore.version()}-m{_models_digest()[:12]}"
             f"-v{EXPORT_FORMAT}")
 
 
@@ -469,11 +485,6 @@ def _predictor_scorer(arch: str, state: State, weights_sha256: str, device: str,
     except Exception as e:  # noqa: BLE001 - any load failure of a cache entry means: rebuild it
         entry = exported_model(arch, state, weights_sha256, broken=f"unloadable ({e.__class__.__name__})")
         scorer = PredictorScorer(arch, entry, device, threads, precision)
-    # The first run selects kernels, and a oneDNN pass prints a stray diagnostic on the C++ stdout there
-    # ("ReduceMeanCheckIfOneDNNSupport"). Do it now, with stdout pointed at /dev/null, so `--json` lines stay clean.
-    sys.stdout.flush()
-    with open(os.devnull, "wb") as devnull, _fd_redirected(1, devnull.fileno()):
-        scorer.score(np.zeros((1, 32000), dtype=np.float32))
     return scorer
 
 

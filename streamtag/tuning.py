@@ -1,13 +1,13 @@
 """The batch size `tag --batch-size auto` uses: the fastest one measured on this device, remembered per setup.
 
 Bigger batches are not always faster: on this project's 2-core EPYC, CNN14 costs 54 ms/window at batch 1 and
-61 ms/window at batch 8 (the bigger working set spills the caches), while a GPU is 60-80× cheaper per window at
+61 ms/window at batch 8, while a GPU is 60-80× cheaper per window at
 batch 64-256 than at batch 1 (docs/gpu.md). So the choice is measured, not assumed: `measure_batch_sizes` times
 each candidate on real-sized windows and `record_choice` files the fastest under a key naming the device, model,
 engine backend, threads, precision and window length (`$STREAMTAG_HOME/batch-sizes.json`). `streamtag bench
---batch-sizes` measures and records; a `tag` run over a long corpus with nothing recorded measures first (in a
-child process, so the extra input shapes' oneDNN caches do not stay in the tagging process). Without a record the
-default is 1 on a CPU and 64 on a GPU.
+--batch-sizes 1,2,4,8` measures and records (once per machine and setup; in its own process, because each input
+shape measured leaves oneDNN another copy of the reordered weights). Without a record, `auto` is the size measured
+fastest on the machines this project has: 1 on a CPU (the 2-core EPYC above), 64 on a GPU (an H200, docs/gpu.md).
 """
 
 from __future__ import annotations
