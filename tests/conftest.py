@@ -167,6 +167,32 @@ def cli_env(streamtag_home: Path) -> dict[str, str]:
     return {**os.environ, "STREAMTAG_HOME": str(streamtag_home), "PYTHONUNBUFFERED": "1"}
 
 
+def tmux_screen(cmd: list, env: dict[str, str], ready, timeout: float) -> str:
+    """Run `cmd` in a real 80×30 terminal (tmux) and return the screen once `ready(screen)` holds or `timeout`
+    seconds pass. The socket is unique per process and test, so checkouts running the suite at once never share a
+    tmux server (one run's kill-server would empty another's screen)."""
+    if not shutil.which("tmux"):
+        need("tmux is not installed; run `make system-deps`")
+    import shlex
+
+    shown = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("STREAMTAG_HOME", "PATH") if k in env)
+    tmux = ["tmux", "-L", f"streamtag-test-{os.getpid()}-{time.monotonic_ns()}"]
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "30",
+                    f"env {shown} {shlex.join(map(str, cmd))}; sleep 60"], check=True, timeout=30)
+    try:
+        screen = ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True,
+                                    timeout=10).stdout
+            if ready(screen):
+                break
+            time.sleep(0.25)
+        return screen
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+
+
 def streamtag_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamtag", *map(str, args)]
 
@@ -233,3 +259,15 @@ class Child:
                 break
             rest.append(line)
         return rc, rest, self.stderr
+
+
+@pytest.fixture()
+def broker(tmp_path: Path):
+    """A real Mosquitto on 127.0.0.1 (tests/broker.py), killed after the test."""
+    from broker import Broker, need_mosquitto
+
+    need_mosquitto()
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.kill()
+

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import shutil
-import subprocess
-import time
 
 import numpy as np
 import pytest
-from conftest import need, streamtag_cmd
+from conftest import streamtag_cmd, tmux_screen
 from rich.console import Console
 
 from streamtag.dashboard import (BAR_CELLS, SPARK_CELLS, DashboardView, bar, label_mask, parse_label_list, render,
@@ -152,40 +147,24 @@ def test_bar_resolution():
 # ---------------------------------------------------------------------------------------------- a real terminal
 def test_dashboard_in_a_real_terminal(tmp_path, cnn6_weights, cli_env):
     """tmux gives the CLI an 80×30 terminal; capture-pane reads what a user would see while it runs."""
-    if not shutil.which("tmux"):
-        need("tmux is not installed; run `make system-deps`")
     from test_stream import make_wav
 
     wav = make_wav(tmp_path / "a.wav", 30.0, rate=32000, channels=1)
     cmd = streamtag_cmd("replay", wav, "--model", "cnn6", "--weights", cnn6_weights, "--top-k", "5",
                         "--duration", "12")
-    env = " ".join(f"{k}={shlex.quote(cli_env[k])}" for k in ("STREAMTAG_HOME", "PATH") if k in cli_env)
-    socket = f"streamtag-test-{os.getpid()}-{tmp_path.name}"  # unique: other checkouts run this test at once
-    tmux = ["tmux", "-L", socket]
-    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "30",
-                    f"env {env} {shlex.join(map(str, cmd))}; sleep 60"], check=True, timeout=30)
-    try:
-        screen = ""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True,
-                                    timeout=10).stdout
-            if "hops    3 " in screen or "hops    4 " in screen:
-                break
-            time.sleep(0.25)
-        lines = screen.splitlines()
-        assert "streamtag · replay · a.wav" in screen, screen
-        assert any(line.startswith("│ level ") and "dBFS" in line and "peak" in line for line in lines), screen
-        assert any(line.startswith("│ infer ") and " ms · mean " in line for line in lines), screen
-        rows = [ROW.match(line) for line in lines if ROW.match(line)]
-        assert len(rows) == 5, screen  # the top-5 rows: label, score, a bar as long as the score
-        scores = [float(row["score"]) for row in rows]
-        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
-        for row, score in zip(rows, scores):
-            assert abs(len(row["bar"]) - score * BAR_CELLS) <= 1
-            assert row["spark"].rstrip()[-1] in SPARKS  # each shown label's recent history, newest at the right
-        level = next(line for line in lines if line.startswith("│ level "))
-        assert level.rstrip(" │")[-1] in SPARKS, screen  # and the level's
-        assert all(len(line) <= 80 for line in lines)
-    finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+    screen = tmux_screen(cmd, cli_env, lambda screen: "hops    3 " in screen or "hops    4 " in screen,
+                         timeout=90)
+    lines = screen.splitlines()
+    assert "streamtag · replay · a.wav" in screen, screen
+    assert any(line.startswith("│ level ") and "dBFS" in line and "peak" in line for line in lines), screen
+    assert any(line.startswith("│ infer ") and " ms · mean " in line for line in lines), screen
+    rows = [ROW.match(line) for line in lines if ROW.match(line)]
+    assert len(rows) == 5, screen  # the top-5 rows: label, score, a bar as long as the score
+    scores = [float(row["score"]) for row in rows]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    for row, score in zip(rows, scores):
+        assert abs(len(row["bar"]) - score * BAR_CELLS) <= 1
+        assert row["spark"].rstrip()[-1] in SPARKS  # each shown label's recent history, newest at the right
+    level = next(line for line in lines if line.startswith("│ level "))
+    assert level.rstrip(" │")[-1] in SPARKS, screen  # and the level's
+    assert all(len(line) <= 80 for line in lines)

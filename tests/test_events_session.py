@@ -8,8 +8,6 @@ Test audio: 440 Hz tone bursts over silence (test_events_cli.make_bursts), on wh
 from __future__ import annotations
 
 import json
-import shlex
-import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import Child, need, streamtag_cmd
+from conftest import Child, streamtag_cmd, tmux_screen
 from rich.console import Console
 from test_events_cli import RULE, make_bursts
 
@@ -243,31 +241,14 @@ def test_events_pane_shows_active_and_recent_events_in_80_columns():
 
 
 def test_events_pane_in_a_real_terminal(bursts, tmp_path, cnn6_weights, cli_env):
-    if not shutil.which("tmux"):
-        need("tmux is not installed; run `make system-deps`")
     cmd = streamtag_cmd("replay", bursts, "--model", "cnn6", "--weights", cnn6_weights, "--speed", "4",
                         "--top-k", "5", "--events", f"{RULE},Doorbell", "--events-db", tmp_path / "e.sqlite")
-    env = " ".join(f"{k}={shlex.quote(cli_env[k])}" for k in ("STREAMTAG_HOME", "PATH") if k in cli_env)
-    socket = f"streamtag-events-{tmp_path.name}"
-    tmux = ["tmux", "-L", socket]
-    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "30",
-                    f"env {env} {shlex.join(map(str, cmd))}; sleep 60"], check=True, timeout=30)
-    try:
-        screen = ""
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True,
-                                    timeout=10).stdout
-            if "streamtag: events:" in screen:
-                break
-            time.sleep(0.25)
-        lines = screen.splitlines()
-        assert "streamtag: events: " in screen, screen
-        assert any(line.startswith("│ events ") and "finished" in line for line in lines), screen
-        assert any("✓" in line and RULE in line for line in lines), screen
-        assert all(len(line) <= 80 for line in lines)
-    finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+    screen = tmux_screen(cmd, cli_env, lambda screen: "streamtag: events:" in screen, timeout=120)
+    lines = screen.splitlines()
+    assert "streamtag: events: " in screen, screen
+    assert any(line.startswith("│ events ") and "finished" in line for line in lines), screen
+    assert any("✓" in line and RULE in line for line in lines), screen
+    assert all(len(line) <= 80 for line in lines)
 
 
 def test_ctrl_c_mid_event_ends_it_and_finishes_its_clip(bursts, tmp_path, cli_env, cnn6_weights):

@@ -40,14 +40,6 @@ def hops(notifier, t0: float, n: int, rules=(), step: float = 0.3) -> None:
         notifier.hop(t0 + i * step, -20.0 - i % 3, rules)
 
 
-@pytest.fixture()
-def broker(tmp_path: Path):
-    need_mosquitto()
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.kill()
-
-
 def settings(url: str, **kw) -> NotifySettings:
     return NotifySettings(mqtt=url, node=NODE, **kw)
 

@@ -26,14 +26,6 @@ def bursts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bursts(tmp_path_factory.mktemp("audio") / "bursts.wav")
 
 
-@pytest.fixture()
-def broker(tmp_path: Path):
-    need_mosquitto()
-    b = Broker(tmp_path / "broker").start()
-    yield b
-    b.kill()
-
-
 def replay_args(bursts: Path, weights: Path, tmp_path: Path, *extra: object) -> list[str]:
     return streamtag_cmd("replay", bursts, "--no-dashboard", "--model", "cnn6", "--weights", weights,
                          "--events", RULE, "--events-db", tmp_path / "events.sqlite", "--record", tmp_path / "rec",
