@@ -44,7 +44,7 @@ DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16")
 NUM_CLASSES = 527
 MANIFEST = "manifest.json"
-EXPORT_FORMAT = 2  # bump when the export recipe changes, so old cache entries are not reused
+EXPORT_FORMAT = 3  # bump when the export recipe changes, so old cache entries are not reused
 GPU_MEMORY_POOL_MB = 512
 TRT_MAX_BATCH = 16  # TensorRT engines are built for batches up to this; bigger batches are scored in chunks
 TRT_MAX_SECONDS = 10  # and windows up to this long (the optimisation profile's max shape)
@@ -209,7 +209,7 @@ class PredictorScorer(Scorer):
             config.enable_mkldnn()
             config.set_mkldnn_cache_capacity(ONEDNN_SHAPE_CACHE)
             # This pass folds BatchNorm into conv weights at every predictor creation (3-4 s for CNN14 on two
-            # cores); the export has folded them once already (fold_batch_norms).
+            # cores); the export has folded them once already (graph.fold_batch_norms).
             config.delete_pass("conv2d_bn_onednn_fuse_pass")
             config.set_cpu_math_library_num_threads(self.threads)
             self.backend = "oneDNN"
@@ -316,9 +316,10 @@ def tensorrt_available() -> bool:
 
 # ---------------------------------------------------------------------------------------------- export cache
 def _models_digest() -> str:
-    """The model code is part of the export key: a change to models.py must not reuse an old graph."""
+    """The model code is part of the export key: a change to models.py or graph.py must not reuse an old graph."""
     here = Path(__file__).parent  # read, not imported: importing models.py imports Paddle
-    return hashlib.sha256(b"".join((here / name).read_bytes() for name in ("archs.py", "models.py"))).hexdigest()
+    sources = ("archs.py", "models.py", "graph.py")
+    return hashlib.sha256(b"".join((here / name).read_bytes() for name in sources)).hexdigest()
 
 
 def export_key(arch: str, weights_sha256: str) -> str:
@@ -351,45 +352,17 @@ def _fd_redirected(fd: int, target: int) -> Iterator[None]:
         os.close(saved)
 
 
-def fold_batch_norms(model: Any) -> int:
-    """Fold each eval-mode BatchNorm that follows a conv (PANNs blocks: `convN` then `bnN`) into that conv.
-
-    conv → BN is one conv with scaled weights and a bias. Paddle Inference's own folding pass does the same at every
-    predictor creation, at 3-4 s for CNN14 on two cores, and without folding oneDNN's bf16 path runs at half speed
-    (BN between convs). Done once here, at export. Returns how many were folded.
-    """
-    import paddle.nn as nn
-
-    folded = 0
-    for layer in model.sublayers(include_self=True):
-        index = 1
-        while isinstance(getattr(layer, f"conv{index}", None), nn.Conv2D):
-            conv, bn = getattr(layer, f"conv{index}"), getattr(layer, f"bn{index}", None)
-            if isinstance(bn, nn.BatchNorm2D):
-                scale = bn.weight.numpy() / np.sqrt(bn._variance.numpy() + bn._epsilon)
-                bias = bn.bias.numpy() - bn._mean.numpy() * scale
-                if conv.bias is not None:
-                    bias = bias + conv.bias.numpy() * scale
-                else:
-                    conv.bias = conv.create_parameter([len(scale)], is_bias=True)
-                conv.weight.set_value((conv.weight.numpy() * scale[:, None, None, None]).astype(np.float32))
-                conv.bias.set_value(bias.astype(np.float32))
-                setattr(layer, f"bn{index}", nn.Identity())
-                folded += 1
-            index += 1
-    return folded
-
-
 def _export(arch: str, state: dict[str, np.ndarray], weights_sha256: str, dest: Path) -> None:
     """Trace build_model(arch) with `state` to a static graph in `dest` (model.json + model.pdiparams + manifest)."""
     import paddle
 
+    from streamtag.graph import optimise_for_export
     from streamtag.models import build_model, load_weights
 
     model = build_model(arch)
     load_weights(model, state)
     model.eval()
-    fold_batch_norms(model)
+    optimise_for_export(model)  # the same function, in the form oneDNN runs fastest (graph.py)
     spec = [paddle.static.InputSpec([None, None], "float32", name="waveform")]
     static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
     log = tempfile.TemporaryFile()

@@ -1,13 +1,14 @@
 """The batch size `tag --batch-size auto` uses: the fastest one measured on this device, remembered per setup.
 
-Bigger batches are not always faster: on this project's 2-core EPYC, CNN14 costs 54 ms/window at batch 1 and
-61 ms/window at batch 8, while a GPU is 60-80× cheaper per window at
-batch 64-256 than at batch 1 (docs/gpu.md). So the choice is measured, not assumed: `measure_batch_sizes` times
-each candidate on real-sized windows and `record_choice` files the fastest under a key naming the device, model,
-engine backend, threads, precision and window length (`$STREAMTAG_HOME/batch-sizes.json`). `streamtag bench
---batch-sizes 1,2,4,8` measures and records (once per machine and setup; in its own process, because each input
-shape measured leaves oneDNN another copy of the reordered weights). Without a record, `auto` is the size measured
-fastest on the machines this project has: 1 on a CPU (the 2-core EPYC above), 64 on a GPU (an H200, docs/gpu.md).
+Bigger batches are not always faster, and what is fastest changes with the graph: on this project's 2-core EPYC,
+CNN14 was 54 ms/window at batch 1 and 61 at batch 8 until its last block ran as one GEMM over the batch (graph.py);
+now it is 54 at batch 1 and 45 at batch 8. A GPU is 60-80× cheaper per window at batch 64-256 than at batch 1
+(docs/gpu.md). So the choice is measured, not assumed: `measure_batch_sizes` times each candidate on real-sized
+windows and `record_choice` files the fastest under a key naming the device, model, engine backend, threads,
+precision and window length (`$STREAMTAG_HOME/batch-sizes.json`). `streamtag bench --batch-sizes 1,2,4,8,16`
+measures and records (once per machine and setup; in its own process, because each input shape measured leaves
+oneDNN another copy of the reordered weights). Without a record, `auto` is the size measured fastest on the
+machines this project has: 8 on a CPU (the 2-core EPYC above), 64 on a GPU (an H200, docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import numpy as np
 
 from streamtag.utils import atomic_write_text, streamtag_home
 
-DEFAULT_BATCH = {"cpu": 1, "gpu": 64}
-CANDIDATES = {"cpu": (1, 2, 4, 8), "gpu": (1, 8, 32, 64, 128, 256)}
+DEFAULT_BATCH = {"cpu": 8, "gpu": 64}
+CANDIDATES = {"cpu": (1, 2, 4, 8, 16), "gpu": (1, 8, 32, 64, 128, 256)}
 
 
 def device_name(device: str) -> str:
