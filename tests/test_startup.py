@@ -58,6 +58,38 @@ def test_warm_tag_needs_neither_paddle_nor_the_checkpoint(tmp_path, cnn6_weights
     np.testing.assert_allclose(first, eager.score(windows), atol=1e-4)
 
 
+COLD_PROBE = """
+import sys
+from streamtag.cli import main
+code = main(sys.argv[1:])
+print("PADDLE-IMPORTED" if "paddle" in sys.modules or "streamtag.models" in sys.modules else "PADDLE-NOT-IMPORTED")
+raise SystemExit(code)
+"""
+
+
+def test_cold_start_exports_in_a_child_process(tmp_path, cnn6_weights):
+    """The export (all of Paddle, the eager model, the weights read) happens in a child that exits, so a session that
+    exported at its start holds no more memory than a warm one; a bad checkpoint still gives one line."""
+    audio = tmp_path / "a.wav"
+    sf.write(audio, (np.random.default_rng(0).standard_normal(80000) * 0.1).astype(np.float32), 32000)
+    env = dict(os.environ, STREAMTAG_HOME=str(tmp_path / "home"))
+    args = ["tag", str(audio), "--device", "cpu", "--output-dir", str(tmp_path / "out"), "--overwrite"]
+    cold = subprocess.run([sys.executable, "-c", COLD_PROBE, *args, "--model", "cnn6", "--weights",
+                           str(cnn6_weights)], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert cold.returncode == 0, cold.stderr
+    assert "exporting cnn6" in cold.stderr
+    assert cold.stdout.splitlines()[-1] == "PADDLE-NOT-IMPORTED"
+    assert len(list((tmp_path / "home" / "exported").iterdir())) == 1
+    assert load_result(tmp_path / "out" / "a.npz").scores.shape[1] == 527
+
+    wrong = subprocess.run([sys.executable, "-m", "streamtag", *args, "--model", "cnn14", "--weights",
+                            str(cnn6_weights)], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert wrong.returncode != 0
+    assert "Traceback" not in wrong.stderr
+    (line,) = [x for x in wrong.stderr.splitlines() if x.startswith("streamtag: error") or "cnn6" in x][-1:]
+    assert "cnn14" in line and "cnn6" in line  # names the model asked for and what the file looks like
+
+
 def test_the_predictor_runs_on_one_thread_whoever_calls(tmp_path, monkeypatch, cnn6_weights):
     monkeypatch.setenv("STREAMTAG_HOME", str(tmp_path / "home"))
     scorer = engine.load_scorer("cnn6", str(cnn6_weights), device="cpu")
@@ -107,10 +139,11 @@ def test_batch_size_record_and_auto(tmp_path, monkeypatch):
     assert tuning.resolve_batch_size(5, scorer, 2.0) == 5
     assert tuning.record_choice(scorer, 64000, {1: 50.0, 2: 45.0, 4: 47.0}) == 2
     assert tuning.resolve_batch_size("auto", scorer, 2.0) == 2
-    assert tuning.resolve_batch_size("auto", scorer, 1.0) == 1  # another window length: not measured
+    default = tuning.DEFAULT_BATCH["cpu"]
+    assert tuning.resolve_batch_size("auto", scorer, 1.0) == default  # another window length: not measured
     scorer.threads = 1
     scorer.describe = lambda: "cnn6 · fake · cpu ×1"
-    assert tuning.resolve_batch_size("auto", scorer, 2.0) == 1  # another setup: not measured
+    assert tuning.resolve_batch_size("auto", scorer, 2.0) == default  # another setup: not measured
 
 
 def test_bench_measures_and_records_batch_sizes(tmp_path, monkeypatch, capsys):
