@@ -9,6 +9,7 @@ plain ms per window without the profiler. Run it on a quiet machine; it prints t
 
     .venv/bin/python scripts/profile_graph.py                      # CNN14, batch 8 and 1, 2 s windows
     .venv/bin/python scripts/profile_graph.py --model cnn6 --batch-sizes 1 --json profile.json
+    .venv/bin/python scripts/profile_graph.py --ab 6               # + each rewrite's worth, interleaved rounds
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def export(arch: str, dest: Path, rewrite: bool) -> Path:
+def export(arch: str, dest: Path, rewrite: bool, gemm: bool = True) -> Path:
+    """Export `arch` (seeded weights) to `dest`: plain (BN folded only), or rewritten (with or without GemmConv)."""
     import paddle
 
     from seeded import seeded_state
@@ -42,7 +44,15 @@ def export(arch: str, dest: Path, rewrite: bool) -> Path:
     model = build_model(arch)
     load_weights(model, seeded_state(arch))
     model.eval()
-    graph.optimise_for_export(model) if rewrite else graph.fold_batch_norms(model)
+    if not rewrite:
+        graph.fold_batch_norms(model)
+    else:
+        saved = graph.GEMM_MAX_FREQUENCY_BINS
+        graph.GEMM_MAX_FREQUENCY_BINS = saved if gemm else 0
+        try:
+            graph.optimise_for_export(model)
+        finally:
+            graph.GEMM_MAX_FREQUENCY_BINS = saved
     static = paddle.jit.to_static(model, input_spec=[paddle.static.InputSpec([None, None], "float32")],
                                   full_graph=True)
     with warnings_off():
@@ -137,6 +147,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--ab", type=int, default=0, metavar="ROUNDS",
+                    help="also: plain / exported / exported without the GEMM block, interleaved ROUNDS times per batch "
+                         "size (all three predictors in one process, so the machine's drift moves them alike)")
     args = ap.parse_args()
 
     with open("/proc/cpuinfo") as f:
@@ -156,6 +169,26 @@ def main() -> None:
             figures["runs"][f"{name} b{size}"] = {"ms_per_window": round(total, 2),
                                                   "ops_ms_per_window": {k: round(v, 3) for k, v in ops.items()}}
             print(f"{name:9s} batch {size:2d}: {total:6.1f} ms/window", flush=True)
+    if args.ab:
+        graphs["exported without GEMM"] = export(args.model, work / "no-gemm", True, gemm=False)
+        predictors = {name: predictor(folder, args.threads, profile=False) for name, folder in graphs.items()}
+        figures["interleaved"] = {}
+        for size in [int(b) for b in args.batch_sizes.split(",")]:
+            batch = (rng.standard_normal((size, int(args.seconds * 32000))) * 0.1).astype(np.float32)
+            got: dict[str, list[float]] = {name: [] for name in predictors}
+            for _ in range(args.ab):
+                for name, pred in predictors.items():
+                    run(pred, batch)
+                    t = time.perf_counter()
+                    for _ in range(args.repeats):
+                        run(pred, batch)
+                    got[name].append((time.perf_counter() - t) * 1000 / args.repeats / size)
+            figures["interleaved"][f"b{size}"] = {name: {"median_ms_per_window": round(float(np.median(v)), 2),
+                                                         "rounds": [round(x, 1) for x in v]}
+                                                  for name, v in got.items()}
+            for name, v in got.items():
+                print(f"interleaved, batch {size:2d}, {name:22s}: median {np.median(v):6.1f} ms/window "
+                      f"{[round(x, 1) for x in v]}", flush=True)
     figures["machine"]["load_after"] = os.getloadavg()
 
     names = sorted({op for run in figures["runs"].values() for op in run["ops_ms_per_window"]},
