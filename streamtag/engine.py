@@ -450,6 +450,8 @@ def _export_child(job_json: str) -> None:
     except StreamtagError as e:
         print(json.dumps({"error": str(e), "exit_code": e.exit_code}), flush=True)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it, quietly here
+        raise SystemExit(130) from None
 
 
 def exported_model(arch: str, state: State, weights_sha256: str, broken: str | None = None) -> Path:
