@@ -152,8 +152,13 @@ def test_dashboard_in_a_real_terminal(tmp_path, cnn6_weights, cli_env):
     wav = make_wav(tmp_path / "a.wav", 30.0, rate=32000, channels=1)
     cmd = streamtag_cmd("replay", wav, "--model", "cnn6", "--weights", cnn6_weights, "--top-k", "5",
                         "--duration", "12")
-    screen = tmux_screen(cmd, cli_env, lambda screen: "hops    3 " in screen or "hops    4 " in screen,
-                         timeout=90)
+    def drawn(screen: str) -> bool:
+        """A whole frame past the third hop: capture-pane can land while rich is still painting one, so the
+        panel's bottom border must be there too."""
+        hops = re.search(r"│ hops +(\d+) ", screen)
+        return hops is not None and int(hops.group(1)) >= 3 and "╰" in screen
+
+    screen = tmux_screen(cmd, cli_env, drawn, timeout=90)
     lines = screen.splitlines()
     assert "streamtag · replay · a.wav" in screen, screen
     assert any(line.startswith("│ level ") and "dBFS" in line and "peak" in line for line in lines), screen
