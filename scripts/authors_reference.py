@@ -24,16 +24,24 @@ T0 = time.perf_counter()
 import numpy as np  # noqa: E402
 
 
-def seeded_pth(spec_path: str, dest: str) -> None:
-    import torch
-
-    spec = json.load(open(spec_path))
+def seeded_arrays(spec_path: str) -> dict[str, np.ndarray]:
+    """The seeded-weight recipe of tests/fixtures/panns/*.spec.json (tests/seeded.py's, in numpy alone: this runs
+    in a torch venv without streamtag), under the authors' PyTorch names. scripts/gpu_bench.py uses it too."""
+    with open(spec_path) as f:
+        spec = json.load(f)
     state = {}
     for e in spec["params"]:
         z = np.random.default_rng(e["seed"]).standard_normal(e["shape"])
         if e["kind"] == "abs":
             z = np.abs(z)
-        state[e["key"]] = torch.from_numpy((z * e["scale"] + e["offset"]).astype(np.float32))
+        state[e["key"]] = (z * e["scale"] + e["offset"]).astype(np.float32)
+    return state
+
+
+def seeded_pth(spec_path: str, dest: str) -> None:
+    import torch
+
+    state = {k: torch.from_numpy(v) for k, v in seeded_arrays(spec_path).items()}
     torch.save({"model": state}, dest)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from authors_reference import seeded_arrays  # scripts/ is on sys.path when this runs as a script
 
 SR, N_FFT, HOP, N_MELS, F_MIN, F_MAX = 32000, 1024, 320, 64, 50.0, 14000.0
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "panns"
@@ -122,13 +123,7 @@ class Panns(nn.Module):
 
 
 def seeded_model(arch: str) -> Panns:
-    spec = json.loads((FIXTURES / f"{arch}.spec.json").read_text())
-    state = {}
-    for e in spec["params"]:
-        z = np.random.default_rng(e["seed"]).standard_normal(e["shape"])
-        if e["kind"] == "abs":
-            z = np.abs(z)
-        state[e["key"]] = torch.from_numpy((z * e["scale"] + e["offset"]).astype(np.float32))
+    state = {k: torch.from_numpy(v) for k, v in seeded_arrays(str(FIXTURES / f"{arch}.spec.json")).items()}
     model = Panns(arch)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("front.") and "num_batches" not in k]

@@ -44,15 +44,10 @@ def export(arch: str, dest: Path, rewrite: bool, gemm: bool = True) -> Path:
     model = build_model(arch)
     load_weights(model, seeded_state(arch))
     model.eval()
-    if not rewrite:
-        graph.fold_batch_norms(model)
+    if rewrite:
+        graph.optimise_for_export(model, graph.GEMM_MAX_FREQUENCY_BINS if gemm else 0)
     else:
-        saved = graph.GEMM_MAX_FREQUENCY_BINS
-        graph.GEMM_MAX_FREQUENCY_BINS = saved if gemm else 0
-        try:
-            graph.optimise_for_export(model)
-        finally:
-            graph.GEMM_MAX_FREQUENCY_BINS = saved
+        graph.fold_batch_norms(model)
     static = paddle.jit.to_static(model, input_spec=[paddle.static.InputSpec([None, None], "float32")],
                                   full_graph=True)
     with warnings_off():
@@ -70,21 +65,12 @@ def warnings_off():
 
 
 def predictor(folder: Path, threads: int, profile: bool):
+    """A predictor set up exactly as the engine's CPU Scorer sets it up (engine.cpu_config), profiler optional."""
     import paddle.inference as pi
 
-    from streamtag.engine import ONEDNN_SHAPE_CACHE
+    from streamtag.engine import cpu_config
 
-    config = pi.Config(str(folder / "model.json"), str(folder / "model.pdiparams"))
-    config.enable_new_ir(True)
-    config.enable_new_executor(True)
-    config.switch_ir_optim(True)
-    config.enable_memory_optim()
-    config.disable_glog_info()
-    config.disable_gpu()
-    config.enable_mkldnn()
-    config.set_mkldnn_cache_capacity(ONEDNN_SHAPE_CACHE)
-    config.delete_pass("conv2d_bn_onednn_fuse_pass")
-    config.set_cpu_math_library_num_threads(threads)
+    config, _ = cpu_config(folder / "model", threads)
     if profile:
         config.enable_profile()
     return pi.create_predictor(config)
@@ -119,7 +105,7 @@ def op_profile(folder: Path, batch: np.ndarray, threads: int, repeats: int) -> d
     os.dup2(write, 1)
     try:
         pred = predictor(folder, threads, profile=True)
-        run(pred, batch)  # the first run is excluded by dividing by repeats+1 runs' worth below (it is counted)
+        run(pred, batch)  # the first run (kernel selection) is in the report too: divided over repeats + 1 runs
         for _ in range(repeats):
             run(pred, batch)
         del pred

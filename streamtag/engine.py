@@ -174,6 +174,36 @@ class EagerScorer(Scorer):
         return f"{self.arch} · eager paddle · {self.device}"
 
 
+def _base_config(prefix: Path) -> Any:
+    """A predictor config for the exported graph `prefix`.json/.pdiparams: PIR, new executor, passes, quiet."""
+    config = paddlecore.core().AnalysisConfig(str(prefix) + ".json", str(prefix) + ".pdiparams")  # = inference.Config
+    config.enable_new_ir(True)
+    config.enable_new_executor(True)
+    config.switch_ir_optim(True)
+    config.enable_memory_optim()
+    config.disable_glog_info()
+    return config
+
+
+def cpu_config(prefix: Path, threads: int, precision: str = "fp32") -> tuple[Any, str]:
+    """The CPU predictor config every CPU Scorer runs (and scripts/profile_graph.py profiles), with its backend's
+    name: oneDNN with `threads` threads, bf16 kernels when asked (make_scorer checks the CPU has them)."""
+    config = _base_config(prefix)
+    config.disable_gpu()
+    config.enable_mkldnn()
+    config.set_mkldnn_cache_capacity(ONEDNN_SHAPE_CACHE)
+    # This pass folds BatchNorm into conv weights at every predictor creation (3-4 s for CNN14 on two cores); the
+    # export has folded them once already (graph.fold_batch_norms).
+    config.delete_pass("conv2d_bn_onednn_fuse_pass")
+    config.set_cpu_math_library_num_threads(threads)
+    if precision != "bf16":
+        return config, "oneDNN"
+    sys.stderr.flush()
+    with open(os.devnull, "wb") as devnull, _fd_redirected(2, devnull.fileno()):
+        config.enable_mkldnn_bfloat16()  # logs an INFO line past disable_glog_info()
+    return config, "oneDNN bf16"
+
+
 class PredictorScorer(Scorer):
     """A Paddle Inference predictor over an exported graph; inputs and outputs go through zero-copy handles."""
 
@@ -198,27 +228,10 @@ class PredictorScorer(Scorer):
         # Paddle 3's graphs are PIR (.json): TensorRT comes from converting the graph once (PIR-TRT), not from
         # Config.enable_tensorrt_engine, which only applies to old .pdmodel graphs.
         prefix = self._tensorrt_graph() if tensorrt else self.model_dir / "model"
-        config = core.AnalysisConfig(str(prefix) + ".json", str(prefix) + ".pdiparams")  # = paddle.inference.Config
-        config.enable_new_ir(True)
-        config.enable_new_executor(True)
-        config.switch_ir_optim(True)
-        config.enable_memory_optim()
-        config.disable_glog_info()
         if self.device == "cpu":
-            config.disable_gpu()
-            config.enable_mkldnn()
-            config.set_mkldnn_cache_capacity(ONEDNN_SHAPE_CACHE)
-            # This pass folds BatchNorm into conv weights at every predictor creation (3-4 s for CNN14 on two
-            # cores); the export has folded them once already (graph.fold_batch_norms).
-            config.delete_pass("conv2d_bn_onednn_fuse_pass")
-            config.set_cpu_math_library_num_threads(self.threads)
-            self.backend = "oneDNN"
-            if self.precision == "bf16":  # AMX / AVX512-BF16 kernels; make_scorer checked the CPU has them
-                sys.stderr.flush()
-                with open(os.devnull, "wb") as devnull, _fd_redirected(2, devnull.fileno()):
-                    config.enable_mkldnn_bfloat16()  # logs an INFO line past disable_glog_info()
-                self.backend = "oneDNN bf16"
+            config, self.backend = cpu_config(prefix, self.threads, self.precision)
             return config
+        config = _base_config(prefix)
         kinds = core.AnalysisConfig.Precision  # = paddle.inference.PrecisionType
         precision = {"fp32": kinds.Float32, "fp16": kinds.Half, "bf16": kinds.Bfloat16}[self.precision]
         config.enable_use_gpu(GPU_MEMORY_POOL_MB, 0, precision)

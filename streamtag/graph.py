@@ -99,8 +99,9 @@ class PowerSpectrogram(nn.Layer):
         return re * re + im * im
 
 
-def optimise_for_export(model: Any) -> dict[str, int]:
-    """Apply the rewrites above to a PANNs model (in place, eval mode); returns how many of each were made."""
+def optimise_for_export(model: Any, gemm_max_bins: int = GEMM_MAX_FREQUENCY_BINS) -> dict[str, int]:
+    """Apply the rewrites above to a PANNs model (in place, eval mode); returns how many of each were made.
+    `gemm_max_bins=0` leaves every conv a conv (scripts/profile_graph.py measures what the GEMM block is worth)."""
     counts = {"batch_norms_folded": fold_batch_norms(model), "gemm_convs": 0, "power_spectrograms": 0}
     mel = model.log_mel._melspectrogram
     if getattr(mel._spectrogram, "power", None) == 2.0:
@@ -110,7 +111,7 @@ def optimise_for_export(model: Any) -> dict[str, int]:
     # carry the most channels) are the ones oneDNN's direct convolution runs poorly.
     bins = 64
     for block in model.blocks:
-        if bins <= GEMM_MAX_FREQUENCY_BINS:
+        if bins <= gemm_max_bins:
             index = 1
             while isinstance(getattr(block, f"conv{index}", None), nn.Conv2D):
                 conv = getattr(block, f"conv{index}")

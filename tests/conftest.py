@@ -193,6 +193,22 @@ def tmux_screen(cmd: list, env: dict[str, str], ready, timeout: float) -> str:
         subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
 
 
+def tag_one_file(source, scorer, sample_duration, hop_duration, batch_size=8, pad=True):
+    """One file through `tag`'s executor (corpus: decode thread, batches, the saved npz), read back."""
+    from streamtag.audio import AudioReader
+    from streamtag.corpus import Job, TagOptions, tag_job
+    from streamtag.errors import StreamtagError
+    from streamtag.results import load_result
+
+    path = source.path if isinstance(source, AudioReader) else Path(source)
+    options = TagOptions(scorer.arch, "test", sample_duration, hop_duration, pad=pad)
+    output = path.with_name(f"{path.stem}-{sample_duration}-{hop_duration}-{pad}.npz")
+    outcome = tag_job(Job(str(path), str(output), options), scorer, batch_size)
+    if not outcome.ok:
+        raise StreamtagError(outcome.error)
+    return load_result(output)
+
+
 def streamtag_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamtag", *map(str, args)]
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import tag_one_file
 
 from streamtag import corpus
 from streamtag.engine import load_scorer
 from streamtag.errors import StreamtagError
 from streamtag.results import load_result
-from streamtag.tagging import tag_file
 
 
 def noise(seconds: float, rate: int = 32000, seed: int = 0) -> np.ndarray:
@@ -184,7 +184,7 @@ def test_batches_across_files_score_like_one_file_at_a_time(tmp_path, eager):
     assert [o.ok for o in outcomes] == [True] * 4
     assert abs(sum(seen) - (0.4 + 2.3 + 1.0 + 3.1)) < 0.31 * 4
     for path, outcome in zip(paths, outcomes):
-        alone = tag_file(path, eager, 2.0, 0.3, batch_size=1, progress=False)
+        alone = tag_one_file(path, eager, 2.0, 0.3, batch_size=1)
         got = load_result(outcome.job.output)
         np.testing.assert_array_equal(got.time, alone.time)
         np.testing.assert_allclose(got.scores, alone.scores, atol=1e-5)
@@ -205,7 +205,7 @@ def test_a_file_failing_in_the_decode_thread_fails_alone(tmp_path, eager):
     assert "nan.wav: NaN/Inf sample at 3.125 s" in outcomes[1].error
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good0.npz", "good1.npz"]
     np.testing.assert_allclose(load_result(tmp_path / "out" / "good1.npz").scores,
-                               tag_file(good[1], eager, 2.0, 0.3, progress=False).scores, atol=1e-5)
+                               tag_one_file(good[1], eager, 2.0, 0.3).scores, atol=1e-5)
 
 
 def test_a_file_that_breaks_after_planning_fails_alone_on_the_cli(tmp_path, model, cli_env):

@@ -8,11 +8,12 @@ import pytest
 import soundfile as sf
 
 import seed_reference
+from conftest import tag_one_file
 from streamtag.audio import AudioReader, load_audio
 from streamtag.engine import load_scorer
 from streamtag.errors import StreamtagError
 from streamtag.labels import audioset_labels
-from streamtag.tagging import iter_windows, tag_file, window_count, window_starts
+from streamtag.tagging import iter_windows, window_count, window_starts
 
 WIN, HOP = 64000, 9600  # the defaults 2.0 s / 0.3 s at 32 kHz
 
@@ -48,7 +49,7 @@ def test_window_count_time_grid_and_scores_match_the_seed(tmp_path, scorer, seco
     x = noise(seconds)
     path = tmp_path / "n.wav"
     sf.write(path, x, 32000, subtype="FLOAT")
-    result = tag_file(path, scorer, 2.0, 0.3, batch_size=3, progress=False)
+    result = tag_one_file(path, scorer, 2.0, 0.3, batch_size=3)
     n = math.ceil(len(x) / HOP)
     assert result.scores.shape == (n, 527) and result.scores.dtype == np.float32
     np.testing.assert_array_equal(result.time, np.arange(n) * HOP / 32000)
@@ -67,7 +68,7 @@ def test_sox_file_at_44k_stereo_resamples_and_tags(tmp_path, scorer):
                     "sine", "900", "vol", "0.5"], check=True)
     resampled = load_audio(path)
     assert len(resampled) == round(3.3 * 32000)
-    result = tag_file(path, scorer, 2.0, 0.3, progress=False)
+    result = tag_one_file(path, scorer, 2.0, 0.3)
     assert len(result.time) == math.ceil(len(resampled) / HOP) == 11
     assert result.sample_rate == 44100 and abs(result.duration - 3.3) < 1e-9
     _, windows = seed_reference.split(resampled, WIN, HOP)
@@ -77,17 +78,17 @@ def test_sox_file_at_44k_stereo_resamples_and_tags(tmp_path, scorer):
 def test_no_pad_and_other_durations(tmp_path, scorer):
     path = tmp_path / "n.wav"
     sf.write(path, noise(3.0), 32000, subtype="FLOAT")
-    full = tag_file(path, scorer, 2.0, 0.3, pad=False, progress=False)
+    full = tag_one_file(path, scorer, 2.0, 0.3, pad=False)
     np.testing.assert_array_equal(full.time, np.arange(4) * HOP / 32000)  # starts 0, .3, .6, .9 end by 3.0 s
-    padded = tag_file(AudioReader(path), scorer, 2.0, 0.3, batch_size=1, progress=False)
+    padded = tag_one_file(AudioReader(path), scorer, 2.0, 0.3, batch_size=1)
     np.testing.assert_allclose(padded.scores[:4], full.scores, atol=1e-5)
     assert len(padded.time) == 10
     # the seed's int(seconds · 32000): 1.001 s is 32031 samples, and the time grid follows the samples
-    odd = tag_file(path, scorer, 1.0, 1.001, progress=False)
+    odd = tag_one_file(path, scorer, 1.0, 1.001)
     np.testing.assert_array_equal(odd.time, np.arange(3) * 32031 / 32000)
     short = tmp_path / "short.wav"
     sf.write(short, noise(0.4), 32000, subtype="FLOAT")
-    assert len(tag_file(short, scorer, 2.0, 0.3, pad=False, progress=False).time) == 1
+    assert len(tag_one_file(short, scorer, 2.0, 0.3, pad=False).time) == 1
 
 
 def test_nan_in_the_middle_is_an_error(tmp_path, scorer):
@@ -96,7 +97,7 @@ def test_nan_in_the_middle_is_an_error(tmp_path, scorer):
     path = tmp_path / "nan.wav"
     sf.write(path, x, 32000, subtype="FLOAT")
     with pytest.raises(StreamtagError, match=r"nan\.wav: NaN/Inf sample at 3\.125 s"):
-        tag_file(path, scorer, 2.0, 0.3, progress=False)
+        tag_one_file(path, scorer, 2.0, 0.3)
 
 
 def test_long_file_is_never_decoded_whole(tmp_path):
