@@ -209,6 +209,13 @@ def tag_one_file(source, scorer, sample_duration, hop_duration, batch_size=8, pa
     return load_result(output)
 
 
+def notify_rule(name: str, cooldown: float = 0.0, notify: bool = True):
+    """A real events.rules.Rule carrying only what notifications read (name, cooldown, notify)."""
+    from streamtag.events.rules import Rule
+
+    return Rule(name, (name,), (), cooldown=cooldown, notify=notify)
+
+
 def streamtag_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamtag", *map(str, args)]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import notify_rule
 from broker import Broker, Recorder, make_ca, need_mosquitto
 
 from streamtag.errors import StreamtagError
@@ -20,14 +20,7 @@ NODE = "testnode"
 BASE = f"streamtag/{NODE}"
 
 
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    cooldown: float = 0.0
-    notify: bool = True
-
-
-RULES = [Rule("Dog"), Rule("Smoke detector, smoke alarm")]
+RULES = [notify_rule("Dog"), notify_rule("Smoke detector, smoke alarm")]
 
 
 def event(eid: str, label: str, start: float, end: float | None = None, peak: float = 0.8) -> Event:
@@ -137,7 +130,7 @@ def test_full_queue_drops_oldest(broker: Broker) -> None:
     broker.kill()  # unreachable at start: a warning, and retries in the background
     transport = MqttTransport(parse_url(broker.url), NODE, ["Dog"], discovery=False, capacity=3)
     transport.open()
-    notifier = Notifier([transport], [Rule("Dog")], NODE)
+    notifier = Notifier([transport], [notify_rule("Dog")], NODE)
     notifier.start()
     for i in range(5):
         notifier.event_started(event(f"e{i}", "Dog", 10.0 * i))
@@ -156,7 +149,7 @@ def test_full_queue_drops_oldest(broker: Broker) -> None:
 def test_cooldown_and_notify_false(broker: Broker) -> None:
     rec = Recorder(broker.port, (f"{BASE}/events", "homeassistant/#"), client_id="policy-recorder")
     try:
-        rules = [Rule("Dog", cooldown=30.0), Rule("Speech", notify=False)]
+        rules = [notify_rule("Dog", cooldown=30.0), notify_rule("Speech", notify=False)]
         notifier = build_notifier(settings(broker.url), rules)
         for eid, start in (("d1", 0.0), ("d2", 10.0), ("d3", 50.0)):  # d2 starts 8 s after d1 ended: muted
             notifier.event_started(event(eid, "Dog", start))
@@ -174,12 +167,12 @@ def test_cooldown_and_notify_false(broker: Broker) -> None:
 
 
 def test_vanished_rule_is_removed_from_discovery(broker: Broker) -> None:
-    first = build_notifier(settings(broker.url), [Rule("Dog"), Rule("Cat")])
+    first = build_notifier(settings(broker.url), [notify_rule("Dog"), notify_rule("Cat")])
     first.close(10)
     rec = Recorder(broker.port, ("homeassistant/binary_sensor/#",), client_id="discovery-recorder")
     try:
         rec.wait_for(lambda ms: len(ms) == 2, "the retained configs of both rules")
-        second = build_notifier(settings(broker.url), [Rule("Dog")])
+        second = build_notifier(settings(broker.url), [notify_rule("Dog")])
         got = rec.wait_for(lambda ms: any(m.topic.endswith("/cat/config") and m.payload == "" for m in ms),
                            "the empty config that removes Cat")
         second.close(10)
@@ -201,18 +194,18 @@ def test_password_listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     try:
         url = f"mqtt://alice@127.0.0.1:{broker.port}"
         monkeypatch.setenv("STREAMTAG_MQTT_PASSWORD", "s3cret-Pw")
-        notifier = build_notifier(settings(url), [Rule("Dog")])
+        notifier = build_notifier(settings(url), [notify_rule("Dog")])
         assert notifier.transports[0].connected
         notifier.close(10)
         monkeypatch.setenv("STREAMTAG_MQTT_PASSWORD", "wrong-Pw")
         with pytest.raises(StreamtagError) as e:
-            build_notifier(settings(url), [Rule("Dog")])
+            build_notifier(settings(url), [notify_rule("Dog")])
         assert e.value.exit_code == 2
         text = str(e.value)
         assert "refused user 'alice'" in text and "\n" not in text and "wrong-Pw" not in text
         pw_file = tmp_path / "pw"
         pw_file.write_text("s3cret-Pw\n")
-        notifier = build_notifier(settings(url, mqtt_password_file=str(pw_file)), [Rule("Dog")])
+        notifier = build_notifier(settings(url, mqtt_password_file=str(pw_file)), [notify_rule("Dog")])
         notifier.close(10)
     finally:
         broker.kill()
@@ -226,7 +219,7 @@ def test_tls_listener_with_own_ca(tmp_path: Path) -> None:
         url = f"mqtts://127.0.0.1:{broker.port}"
         rec = Recorder(broker.port, (f"{BASE}/#",), client_id="tls-recorder", tls_ca=ca["ca"])
         try:
-            notifier = build_notifier(settings(url, mqtt_ca=str(ca["ca"])), [Rule("Dog")])
+            notifier = build_notifier(settings(url, mqtt_ca=str(ca["ca"])), [notify_rule("Dog")])
             notifier.event_started(event("t1", "Dog", 1.0))
             notifier.close(10)
             got = rec.wait_for(lambda ms: any(m.topic == f"{BASE}/events" for m in ms), "the event over TLS")
@@ -234,7 +227,7 @@ def test_tls_listener_with_own_ca(tmp_path: Path) -> None:
             rec.close()
         assert json.loads([m for m in got if m.topic == f"{BASE}/events"][0].payload)["id"] == "t1"
         with pytest.raises(StreamtagError) as e:  # without the CA: the certificate is not trusted
-            build_notifier(settings(url), [Rule("Dog")])
+            build_notifier(settings(url), [notify_rule("Dog")])
         assert e.value.exit_code == 2 and "--mqtt-ca" in str(e.value)
     finally:
         broker.kill()
@@ -258,7 +251,7 @@ def test_bad_urls(url: str, says: str) -> None:
 
 def test_close_with_the_broker_away_counts_what_is_lost(broker: Broker, capsys: pytest.CaptureFixture) -> None:
     broker.kill()
-    notifier = build_notifier(settings(broker.url), [Rule("Dog")])
+    notifier = build_notifier(settings(broker.url), [notify_rule("Dog")])
     assert "unreachable" in capsys.readouterr().err  # a warning, not an error: retried in the background
     notifier.event_started(event("lost", "Dog", 1.0))
     notifier.event_ended(event("lost", "Dog", 1.0, 2.0))

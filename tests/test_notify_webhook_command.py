@@ -8,23 +8,16 @@ import json
 import stat
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import notify_rule
 
 from streamtag.errors import StreamtagError
 from streamtag.events.model import Event, RuleHop
 from streamtag.notify import NotifySettings, build_notifier
 from streamtag.notify.command import split_command
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    cooldown: float = 0.0
-    notify: bool = True
 
 
 def event(eid: str, start: float, end: float | None = None) -> Event:
@@ -86,7 +79,7 @@ def hanging() -> Iterator[Server]:
 
 
 def test_webhook_fails_twice_then_gets_the_event_once(flaky: Server) -> None:
-    notifier = build_notifier(NotifySettings(webhook=[flaky.url], node="n1"), [Rule("Dog")])
+    notifier = build_notifier(NotifySettings(webhook=[flaky.url], node="n1"), [notify_rule("Dog")])
     started = event("w1", 1.0)
     notifier.event_started(started)
     notifier.close(15)
@@ -97,7 +90,7 @@ def test_webhook_fails_twice_then_gets_the_event_once(flaky: Server) -> None:
 
 
 def test_hanging_webhook_costs_no_hop(hanging: Server) -> None:
-    notifier = build_notifier(NotifySettings(webhook=[hanging.url], node="n1"), [Rule("Dog")])
+    notifier = build_notifier(NotifySettings(webhook=[hanging.url], node="n1"), [notify_rule("Dog")])
     done = threading.Event()
 
     def inference_thread() -> None:  # what the detector does, hop after hop, while the endpoint hangs
@@ -121,7 +114,7 @@ def test_hanging_webhook_costs_no_hop(hanging: Server) -> None:
 def test_webhook_gives_up_and_counts(tmp_path: Path) -> None:
     s = Server(fail_first=100)
     try:
-        notifier = build_notifier(NotifySettings(webhook=[s.url]), [Rule("Dog")])
+        notifier = build_notifier(NotifySettings(webhook=[s.url]), [notify_rule("Dog")])
         notifier.event_started(event("x", 1.0))
         notifier.close(30)
     finally:
@@ -145,7 +138,7 @@ Path(sys.argv[1], uuid.uuid4().hex + ".json").write_text(json.dumps({{"stdin": d
 """)
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     command = f"'{script}' {out} 'two words'"
-    notifier = build_notifier(NotifySettings(on_event=command, node="n1"), [Rule("Dog")])
+    notifier = build_notifier(NotifySettings(on_event=command, node="n1"), [notify_rule("Dog")])
     started, ended = event("c1", 1.0), event("c1", 1.0, 4.5)
     notifier.event_started(started)
     notifier.event_ended(ended)
@@ -170,7 +163,7 @@ def test_on_event_hanging_and_failing_commands_are_counted(tmp_path: Path) -> No
 
     hang = CommandTransport("sleep 60", timeout=0.5, max_running=2)
     fail = CommandTransport(f"{sys.executable} -c 'import sys; sys.exit(\"no luck\")'")
-    notifier = Notifier([hang, fail], [Rule("Dog")], "n1")
+    notifier = Notifier([hang, fail], [notify_rule("Dog")], "n1")
     notifier.start()
     notifier.event_started(event("k", 1.0))
     notifier.close(20)
@@ -190,9 +183,9 @@ def test_on_event_bad_commands(command: str, says: str) -> None:
 @pytest.mark.parametrize("url", ["ftp://x/y", "http://", "http://host:notaport/"])
 def test_bad_webhook_urls(url: str) -> None:
     with pytest.raises(StreamtagError) as e:
-        build_notifier(NotifySettings(webhook=[url]), [Rule("Dog")])
+        build_notifier(NotifySettings(webhook=[url]), [notify_rule("Dog")])
     assert e.value.exit_code == 2 and "--webhook" in str(e.value)
 
 
 def test_nothing_asked_nothing_built() -> None:
-    assert build_notifier(NotifySettings(), [Rule("Dog")]) is None
+    assert build_notifier(NotifySettings(), [notify_rule("Dog")]) is None
