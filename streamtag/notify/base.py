@@ -104,11 +104,6 @@ class Transport:
         """Sleep `seconds` unless the close deadline passes first; False = give up now."""
         return not self._abort.wait(seconds)
 
-    def wakeup(self) -> None:
-        """Wake a worker waiting in `_next` (a subclass whose `ready()` just turned true calls this)."""
-        with self._cond:
-            self._cond.notify_all()
-
     def ready(self) -> bool:
         """Whether delivering can start now (MQTT: connected). Items wait in the queue until then."""
         return True
