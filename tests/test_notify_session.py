@@ -111,8 +111,11 @@ def test_broker_killed_mid_session_costs_no_hop_and_no_event(broker: Broker, bur
     assert " 0 skipped" in err, err
     assert len(hops) >= 60
     events = logged(tmp_path)
-    published = [m.json() for m in got if m.topic.endswith("/events")]
-    assert [(p["type"], p["id"]) for p in published] == [(k, e["id"]) for e in events for k in ("start", "end")]
+    published = [(m.json()["type"], m.json()["id"]) for m in got if m.topic.endswith("/events")]
+    # QoS 1 is at-least-once: a message the broker had passed on but not yet acknowledged when it was killed is sent
+    # again after the reconnect (seen once in CI: the first start twice). Every event, in order, no other repeat.
+    assert len(published) - len(set(published)) <= 1, published
+    assert list(dict.fromkeys(published)) == [(k, e["id"]) for e in events for k in ("start", "end")]
     assert "notify mqtt: 4 sent · 0 dropped · 0 failed · 1 reconnects" in err, err
     assert "notify webhook: 0 sent" in err  # it never answered: what was pending is counted at the deadline
 
